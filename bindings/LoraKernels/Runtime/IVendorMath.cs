@@ -1,0 +1,13 @@
+namespace LoraKernels.Runtime;
+
+/// <summary>
+/// Dense linear algebra that a GPU op takes from a vendor library rather than from
+/// <c>kernels/</c>: cuBLAS on CUDA, the CPU kernels under the emulator (DESIGN.md, "Devices and
+/// backends"). Row-major, fp32; pointers are device addresses of the owning device.
+/// </summary>
+public interface IVendorMath
+{
+    /// <summary>C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, as <c>lk_cpu_sgemm</c>.</summary>
+    void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
+               ulong a, int lda, ulong b, int ldb, float beta, ulong c, int ldc);
+}

@@ -1,0 +1,59 @@
+using System.Runtime.InteropServices;
+
+namespace LoraKernels.Runtime;
+
+/// <summary>
+/// The parameter list of one kernel launch, packed as <c>cuLaunchKernel</c> wants it: a block
+/// of 8-byte slots holding the values and an array of pointers to those slots. The same
+/// <c>void**</c> goes to the CUDA driver and to the SIMT emulator. Add values in the order of
+/// the kernel's parameters; each slot is 8 bytes wide and holds the value at its start, which
+/// is what the ABI reads for 4-byte and 8-byte parameters alike.
+/// </summary>
+public sealed unsafe class KernelArguments : IDisposable
+{
+    private const int MaxArguments = 32;
+    private readonly ulong* _slots;
+    private readonly void** _pointers;
+    private int _count;
+    private bool _disposed;
+
+    public KernelArguments()
+    {
+        _slots = (ulong*)NativeMemory.AllocZeroed(MaxArguments, sizeof(ulong));
+        _pointers = (void**)NativeMemory.AllocZeroed(MaxArguments, (nuint)sizeof(void*));
+    }
+
+    public int Count => _count;
+
+    private ulong* Next()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_count == MaxArguments)
+            throw new InvalidOperationException($"A kernel launch takes at most {MaxArguments} arguments.");
+        ulong* slot = _slots + _count;
+        _pointers[_count] = slot;
+        _count++;
+        return slot;
+    }
+
+    /// <summary>A device address (a <see cref="DeviceBuffer.Address"/> plus an offset, or 0 for a null pointer).</summary>
+    public KernelArguments Pointer(ulong deviceAddress) { *Next() = deviceAddress; return this; }
+    public KernelArguments Int(int value) { *(int*)Next() = value; return this; }
+    public KernelArguments Long(long value) { *(long*)Next() = value; return this; }
+    public KernelArguments ULong(ulong value) { *Next() = value; return this; }
+    public KernelArguments Float(float value) { *(float*)Next() = value; return this; }
+
+    /// <summary>The <c>void**</c> array for the launch; valid until this object is disposed.</summary>
+    public IntPtr ArgumentArray
+    {
+        get { ObjectDisposedException.ThrowIf(_disposed, this); return (IntPtr)_pointers; }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        NativeMemory.Free(_slots);
+        NativeMemory.Free(_pointers);
+    }
+}
