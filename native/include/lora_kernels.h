@@ -24,12 +24,13 @@
 typedef int32_t lk_status;
 enum {
     LK_OK = 0,
-    LK_ERR_INVALID_ARGUMENT = 1, /* null pointer where one is required, negative size, ... */
+    LK_ERR_INVALID_ARGUMENT = 1, /* null pointer where one is required, negative size, bad launch
+                                    geometry or shared-memory size, ... */
     LK_ERR_OUT_OF_MEMORY = 2,
     LK_ERR_UNSUPPORTED = 3,      /* e.g. a kernel that needs more shared memory than allowed */
     LK_ERR_INTERNAL = 4,
     LK_ERR_KERNEL_FAULT = 5,     /* emulator: barrier not reached by all threads, collective with
-                                    missing lanes, bad launch geometry, trap */
+                                    missing lanes, deadlock, __trap() */
     LK_ERR_NOT_FOUND = 6         /* emulator: no kernel of that name */
 };
 
