@@ -1,0 +1,23 @@
+// Launch code for kernels/optim.cu: the AdamW step as a grid-stride kernel (same geometry as the
+// element-wise kernels). The bias corrections 1 - beta^step are computed here in double, as torch
+// computes them in Python floats, and passed rounded to float.
+using LoraKernels.Runtime;
+
+namespace LoraKernels.Backends.Gpu;
+
+internal sealed partial class GpuBackend
+{
+    public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2,
+                          float eps, float weightDecay, long step)
+    {
+        long n = param.ElementCount;
+        if (n == 0) return;
+        float biasCorrection1 = (float)(1.0 - Math.Pow(beta1, step));
+        float biasCorrection2 = (float)(1.0 - Math.Pow(beta2, step));
+        using var args = new KernelArguments()
+            .Pointer(param.Address).Pointer(grad.Address).Pointer(m.Address).Pointer(v.Address).Long(n)
+            .Float(lr).Float(beta1).Float(beta2).Float(eps).Float(weightDecay)
+            .Float(biasCorrection1).Float(biasCorrection2);
+        LaunchElementwise("lk_optim_adamw_f32", n, args);
+    }
+}

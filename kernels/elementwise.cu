@@ -1,0 +1,116 @@
+// elementwise.cu: the element-wise ops of the autograd tape, and dtype casts and fills.
+// Semantics are those of lk_cpu_relu_forward / _relu_backward / _axpy / _mse_loss /
+// _f32_to_bf16 / _bf16_to_f32 (native/include/lora_kernels.h); docs/KERNELS.md has the geometry.
+//
+// Entry points (n elements, 64-bit counts):
+//   lk_ew_relu_forward_f32    y = x <= 0 ? 0 : x  (NaN propagates, as torch.relu)       8 B/elem
+//   lk_ew_relu_backward_f32   dx = x > 0 ? dy : 0 (torch's threshold_backward)          12 B/elem
+//   lk_ew_axpy_f32            y += alpha·x                                               12 B/elem, 2 FLOPs
+//   lk_ew_mse_loss_f32        *loss_sum += Σ (pred - target)²; dpred = 2(pred - target)/n 8 (+4) B/elem, 3 FLOPs
+//   lk_ew_cast_f32_to_bf16    round to nearest even (common.cuh)                        6 B/elem
+//   lk_ew_cast_bf16_to_f32    exact                                                      6 B/elem
+//   lk_ew_fill_f32            dst = value                                                4 B/elem
+//   lk_ew_fill_bf16           dst = bf16(value)                                          2 B/elem
+//
+// Strategy: grid-stride loops (kEwThreads threads a block; the launcher caps the grid at a few
+// blocks per SM and the loop covers the rest), one coalesced scalar access per element and
+// array. All are bound by memory bandwidth; scalar 4-byte accesses from a full grid already
+// reach most of it, so no vector path. The MSE reduction accumulates in double per thread,
+// reduces the block through warp shuffles and one shared slot per warp, and adds one fp32
+// partial per block to *loss_sum with atomicAdd (the launcher zeroes it first and divides by
+// n); dpred is computed in double and rounded once, like the CPU kernel, so it matches it bit
+// for bit. Assumptions: none on alignment; n >= 0.
+#include "common.cuh"
+
+namespace {
+
+constexpr int kEwThreads = 256;
+static_assert(kEwThreads % 32 == 0 && kEwThreads <= 1024, "whole warps, one block");
+
+LK_DEVICE lk_i64 lk_ew_first() { return (lk_i64)blockIdx.x * kEwThreads + threadIdx.x; }
+LK_DEVICE lk_i64 lk_ew_stride() { return (lk_i64)gridDim.x * kEwThreads; }
+
+template <class Src, class Dst>
+LK_DEVICE void lk_ew_cast(const Src* src, Dst* dst, lk_i64 n) {
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) lk_store(dst + i, lk_load(src + i));
+}
+
+template <class T>
+LK_DEVICE void lk_ew_fill(T* dst, float value, lk_i64 n) {
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) lk_store(dst + i, value);
+}
+
+LK_DEVICE double lk_warp_sum_f64(double v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_relu_forward_f32(const float* x, float* y,
+                                                                                long long n) {
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
+        const float v = x[i];
+        y[i] = v <= 0.0f ? 0.0f : v;
+    }
+}
+LK_KERNEL(lk_ew_relu_forward_f32);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_relu_backward_f32(const float* x, const float* dy,
+                                                                                 float* dx, long long n) {
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+}
+LK_KERNEL(lk_ew_relu_backward_f32);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_axpy_f32(float alpha, const float* x, float* y,
+                                                                        long long n) {
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) y[i] += alpha * x[i];
+}
+LK_KERNEL(lk_ew_axpy_f32);
+
+// loss_sum: one float, zeroed by the launcher, receives one atomicAdd per block. dpred may be null.
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_mse_loss_f32(const float* pred, const float* target,
+                                                                            float* loss_sum, float* dpred,
+                                                                            long long n) {
+    LK_SHARED(double, warp_sums, [kEwThreads / 32]);
+    const double inv_n = 1.0 / (double)n;
+    double sum = 0.0;
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
+        const double d = (double)pred[i] - (double)target[i];
+        sum += d * d;
+        if (dpred) dpred[i] = (float)(2.0 * d * inv_n);
+    }
+    sum = lk_warp_sum_f64(sum);
+    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
+    if (lane == 0) warp_sums[warp] = sum;
+    __syncthreads();
+    if (warp == 0) {
+        double block_sum = lane < kEwThreads / 32 ? warp_sums[lane] : 0.0;
+        block_sum = lk_warp_sum_f64(block_sum);
+        if (lane == 0) atomicAdd(loss_sum, (float)block_sum);
+    }
+}
+LK_KERNEL(lk_ew_mse_loss_f32);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_cast_f32_to_bf16(const float* src, lk_bf16* dst,
+                                                                                long long n) {
+    lk_ew_cast(src, dst, n);
+}
+LK_KERNEL(lk_ew_cast_f32_to_bf16);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_cast_bf16_to_f32(const lk_bf16* src, float* dst,
+                                                                                long long n) {
+    lk_ew_cast(src, dst, n);
+}
+LK_KERNEL(lk_ew_cast_bf16_to_f32);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_fill_f32(float* dst, float value, long long n) {
+    lk_ew_fill(dst, value, n);
+}
+LK_KERNEL(lk_ew_fill_f32);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_fill_bf16(lk_bf16* dst, float value, long long n) {
+    lk_ew_fill(dst, value, n);
+}
+LK_KERNEL(lk_ew_fill_bf16);

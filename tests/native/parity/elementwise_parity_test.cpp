@@ -1,0 +1,160 @@
+// kernels/elementwise.cu and kernels/optim.cu under the SIMT emulator, launched with the C#
+// launcher's geometry, against the CPU kernels on the same inputs. Sizes: 1, a prime below a
+// block, a prime above it, and a prime large enough that the capped grid's stride loop runs
+// several times. Element-wise ops that do the same fp32 operations as the CPU must match bit
+// for bit; the MSE sum and AdamW have tolerances written beside them.
+#include "parity.h"
+
+namespace {
+
+using parity::Buffer;
+using parity::DType;
+using parity::Launch;
+
+// SimtKernelDevice reports 4 multiprocessors, so the grid is capped at 32 blocks.
+constexpr int kMultiprocessors = 4;
+
+class ElementwiseParity : public ::testing::TestWithParam<long long> {};
+
+::testing::AssertionResult BitEqual(const char* what, const std::vector<float>& got, const std::vector<float>& want) {
+    if (got.size() != want.size()) return ::testing::AssertionFailure() << what << ": sizes differ";
+    for (size_t i = 0; i < got.size(); ++i)
+        if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            return ::testing::AssertionFailure() << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
+    return ::testing::AssertionSuccess();
+}
+
+TEST_P(ElementwiseParity, ReluForwardAndBackward) {
+    const long long n = GetParam();
+    std::vector<float> x = parity::RandomValues((size_t)n, 11), dy = parity::RandomValues((size_t)n, 12);
+    x[0] = std::fabs(x[0]);  // at least one positive element, whatever n
+    if (n > 2) x[2] = NAN;   // NaN propagates through relu and blocks the gradient, as on the CPU
+    std::vector<float> want_y(n), want_dx(n);
+    ASSERT_EQ(LK_OK, lk_cpu_relu_forward(n, x.data(), want_y.data()));
+    ASSERT_EQ(LK_OK, lk_cpu_relu_backward(n, x.data(), dy.data(), want_dx.data()));
+    Buffer y = Buffer::Poisoned(DType::F32, (size_t)n), dx = Buffer::Poisoned(DType::F32, (size_t)n);
+    const auto grid = parity::ElementwiseGrid(n, kMultiprocessors);
+    ASSERT_TRUE(Launch("lk_ew_relu_forward_f32", grid, parity::kElementwiseThreads, 0, (const float*)x.data(),
+                       (float*)y.data(), n));
+    ASSERT_TRUE(Launch("lk_ew_relu_backward_f32", grid, parity::kElementwiseThreads, 0, (const float*)x.data(),
+                       (const float*)dy.data(), (float*)dx.data(), n));
+    EXPECT_TRUE(BitEqual("relu y", y.values(), want_y));
+    EXPECT_TRUE(BitEqual("relu dx", dx.values(), want_dx));
+    EXPECT_GT(std::count_if(want_y.begin(), want_y.end(), [](float v) { return v > 0.0f; }), 0);
+}
+
+TEST_P(ElementwiseParity, Axpy) {
+    const long long n = GetParam();
+    const std::vector<float> x = parity::RandomValues((size_t)n, 21), y0 = parity::RandomValues((size_t)n, 22);
+    const float alpha = -0.375f;
+    std::vector<float> want = y0;
+    ASSERT_EQ(LK_OK, lk_cpu_axpy(n, alpha, x.data(), want.data()));
+    std::vector<float> y = y0;
+    ASSERT_TRUE(Launch("lk_ew_axpy_f32", parity::ElementwiseGrid(n, kMultiprocessors), parity::kElementwiseThreads, 0,
+                       alpha, (const float*)x.data(), y.data(), n));
+    EXPECT_TRUE(BitEqual("axpy y", y, want));
+}
+
+TEST_P(ElementwiseParity, MseLoss) {
+    const long long n = GetParam();
+    const std::vector<float> pred = parity::RandomValues((size_t)n, 31), target = parity::RandomValues((size_t)n, 32);
+    float want_loss = 0.0f;
+    std::vector<float> want_dpred(n);
+    ASSERT_EQ(LK_OK, lk_cpu_mse_loss(n, pred.data(), target.data(), &want_loss, want_dpred.data()));
+    // The launcher's sequence: zero the sum, launch, divide by n on the host.
+    float loss_sum = NAN;
+    const float zero = 0.0f;
+    const long long one = 1;
+    ASSERT_TRUE(Launch("lk_ew_fill_f32", parity::ElementwiseGrid(1, kMultiprocessors), parity::kElementwiseThreads, 0,
+                       &loss_sum, zero, one));
+    Buffer dpred = Buffer::Poisoned(DType::F32, (size_t)n);
+    ASSERT_TRUE(Launch("lk_ew_mse_loss_f32", parity::ElementwiseGrid(n, kMultiprocessors), parity::kElementwiseThreads,
+                       0, pred.data(), target.data(), &loss_sum, (float*)dpred.data(), n));
+    // Each block's double sum is rounded to float and added atomically: at most one rounding per
+    // block plus the float additions, each 2^-24 relative of a positive running sum, and the final
+    // division and the CPU's own rounding: tol = 2^-24·(blocks + 3)·loss.
+    const auto blocks = parity::ElementwiseGrid(n, kMultiprocessors).x;
+    const double loss = (double)loss_sum / (double)n;
+    EXPECT_NEAR(loss, want_loss, parity::kF32Unit * (blocks + 3) * want_loss);
+    EXPECT_GT(want_loss, 0.1f);
+    EXPECT_TRUE(BitEqual("mse dpred", dpred.values(), want_dpred));  // both compute 2·d/n in double, round once
+
+    // dpred may be null: the loss alone.
+    float loss_only = 0.0f;
+    float* no_dpred = nullptr;
+    ASSERT_TRUE(Launch("lk_ew_mse_loss_f32", parity::ElementwiseGrid(n, kMultiprocessors), parity::kElementwiseThreads,
+                       0, pred.data(), target.data(), &loss_only, no_dpred, n));
+    EXPECT_NEAR((double)loss_only / (double)n, want_loss, parity::kF32Unit * (blocks + 3) * want_loss);
+}
+
+TEST_P(ElementwiseParity, CastsRoundLikeTheCpu) {
+    const long long n = GetParam();
+    std::vector<float> src = parity::RandomValues((size_t)n, 41);
+    for (long long i = 0; i < n; ++i) src[i] *= 1.0f + 1e-3f * (float)(i % 97);  // bits below bf16's precision
+    std::vector<uint16_t> want_bf16(n), got_bf16(n, 0xffffu);
+    ASSERT_EQ(LK_OK, lk_cpu_f32_to_bf16(n, src.data(), want_bf16.data()));
+    const auto grid = parity::ElementwiseGrid(n, kMultiprocessors);
+    ASSERT_TRUE(Launch("lk_ew_cast_f32_to_bf16", grid, parity::kElementwiseThreads, 0, (const float*)src.data(),
+                       got_bf16.data(), n));
+    EXPECT_EQ(got_bf16, want_bf16);
+    std::vector<float> want_f32(n);
+    ASSERT_EQ(LK_OK, lk_cpu_bf16_to_f32(n, want_bf16.data(), want_f32.data()));
+    Buffer back = Buffer::Poisoned(DType::F32, (size_t)n);
+    ASSERT_TRUE(Launch("lk_ew_cast_bf16_to_f32", grid, parity::kElementwiseThreads, 0, (const uint16_t*)got_bf16.data(),
+                       (float*)back.data(), n));
+    EXPECT_TRUE(BitEqual("bf16 -> f32", back.values(), want_f32));
+}
+
+TEST_P(ElementwiseParity, FillsEveryElement) {
+    const long long n = GetParam();
+    const float value = 1.2345678f;
+    const auto grid = parity::ElementwiseGrid(n, kMultiprocessors);
+    Buffer f32 = Buffer::Poisoned(DType::F32, (size_t)n);
+    ASSERT_TRUE(Launch("lk_ew_fill_f32", grid, parity::kElementwiseThreads, 0, (float*)f32.data(), value, n));
+    EXPECT_TRUE(BitEqual("fill f32", f32.values(), std::vector<float>((size_t)n, value)));
+    Buffer bf16 = Buffer::Poisoned(DType::BF16, (size_t)n);
+    ASSERT_TRUE(Launch("lk_ew_fill_bf16", grid, parity::kElementwiseThreads, 0, (uint16_t*)bf16.data(), value, n));
+    const float rounded = Buffer(DType::BF16, {value}).values()[0];
+    EXPECT_NE(rounded, value);  // the fill really rounds
+    EXPECT_TRUE(BitEqual("fill bf16", bf16.values(), std::vector<float>((size_t)n, rounded)));
+}
+
+TEST_P(ElementwiseParity, AdamWStep) {
+    const long long n = GetParam();
+    const float lr = 1e-2f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.01f;
+    std::vector<float> p0 = parity::RandomValues((size_t)n, 51), grad = parity::RandomValues((size_t)n, 52);
+    std::vector<float> m0 = parity::RandomValues((size_t)n, 53), v0 = parity::Abs(parity::RandomValues((size_t)n, 54));
+    for (float& e : m0) e *= 0.1f;
+    for (float& e : v0) e *= 0.01f;
+    for (long long step : {1LL, 7LL}) {
+        std::vector<float> want_p = p0, want_m = m0, want_v = v0;
+        ASSERT_EQ(LK_OK, lk_cpu_adamw_step(n, want_p.data(), grad.data(), want_m.data(), want_v.data(), lr, beta1,
+                                           beta2, eps, weight_decay, step));
+        std::vector<float> p = p0, m = m0, v = v0;
+        // GpuBackend.AdamWStep: bias corrections in double, passed as float.
+        const float bc1 = (float)(1.0 - std::pow((double)beta1, (double)step));
+        const float bc2 = (float)(1.0 - std::pow((double)beta2, (double)step));
+        ASSERT_TRUE(Launch("lk_optim_adamw_f32", parity::ElementwiseGrid(n, kMultiprocessors),
+                           parity::kElementwiseThreads, 0, p.data(), (const float*)grad.data(), m.data(), v.data(), n,
+                           lr, beta1, beta2, eps, weight_decay, bc1, bc2));
+        // m and v: the same fp32 operations as the CPU, bit for bit. p: the step size and the
+        // sqrt of bias_correction2 come from float-rounded corrections (the CPU keeps them in
+        // double), so the update differs by up to a few 2^-24 relative, and the final rounding of
+        // p + update can then land one ulp apart: |Δp| <= 2^-23·|p| + 8·2^-24·|update|.
+        EXPECT_TRUE(BitEqual("m", m, want_m));
+        EXPECT_TRUE(BitEqual("v", v, want_v));
+        for (long long i = 0; i < n; ++i) {
+            const double update = std::fabs((double)want_p[i] - (double)p0[i] * (1.0 - (double)lr * weight_decay));
+            ASSERT_NEAR(p[i], want_p[i], parity::kF32Unit * (2.0 * std::fabs(want_p[i]) + 8.0 * update))
+                << "param[" << i << "] at step " << step;
+        }
+        EXPECT_NE(p, p0);
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, ElementwiseParity, ::testing::Values(1LL, 251LL, 257LL, 100003LL),
+                         [](const ::testing::TestParamInfo<long long>& info) {
+                             return "n" + std::to_string(info.param);
+                         });
+
+}  // namespace
