@@ -1,0 +1,50 @@
+// A trainable tensor and its gradient. The parameter owns both: Dispose frees them, and assigning
+// Grad frees the previous gradient. Gradients are F32 whatever the value's dtype (the tape widens
+// BF16 gradients), so accumulation and the optimizer work in fp32.
+namespace LoraKernels.Autograd;
+
+public sealed class Parameter : IDisposable
+{
+    private Tensor? _grad;
+
+    /// <summary>Wraps <paramref name="value"/>, taking ownership of it.</summary>
+    public Parameter(string name, Tensor value, bool requiresGrad = true)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(value);
+        value.ThrowIfDisposed(nameof(value));
+        Name = name;
+        Value = value;
+        RequiresGrad = requiresGrad;
+    }
+
+    public string Name { get; }
+    public Tensor Value { get; }
+
+    /// <summary>The accumulated gradient (F32, Value's shape and device), or null before the first backward pass
+    /// and after ZeroGrad. Setting it takes ownership of the new tensor and disposes the old one.</summary>
+    public Tensor? Grad
+    {
+        get => _grad;
+        set
+        {
+            if (ReferenceEquals(_grad, value)) return;
+            _grad?.Dispose();
+            _grad = value;
+        }
+    }
+
+    /// <summary>Whether the tape computes a gradient for this parameter (false freezes it, as LoRA-FA freezes A).</summary>
+    public bool RequiresGrad { get; set; }
+
+    /// <summary>Frees the gradient (torch's zero_grad(set_to_none=True)); the next backward pass creates it afresh.</summary>
+    public void ZeroGrad() => Grad = null;
+
+    public override string ToString() => $"{Name}: {Value.Describe()}";
+
+    public void Dispose()
+    {
+        Grad = null;
+        Value.Dispose();
+    }
+}

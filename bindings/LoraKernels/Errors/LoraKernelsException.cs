@@ -1,0 +1,9 @@
+// The base of every exception LoraKernels raises for a failure inside native code or the GPU
+// stack, so callers can catch "the library failed" apart from their own argument errors.
+namespace LoraKernels;
+
+public class LoraKernelsException : Exception
+{
+    public LoraKernelsException(string message) : base(message) { }
+    public LoraKernelsException(string message, Exception? innerException) : base(message, innerException) { }
+}

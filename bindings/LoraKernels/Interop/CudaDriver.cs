@@ -1,0 +1,58 @@
+// CUDA driver API (libcuda.so.1): the subset the runtime uses. Blittable signatures only:
+// CUresult is int, handles are IntPtr, CUdeviceptr is ulong, size_t is nuint, strings are byte*.
+using System.Runtime.InteropServices;
+
+namespace LoraKernels.Interop;
+
+internal static unsafe partial class CudaDriver
+{
+    static CudaDriver() => NativeLibraryResolver.EnsureRegistered();
+
+    public const int Success = 0;
+    public const int ErrorNoDevice = 100;
+
+    // CUdevice_attribute values (cuda.h).
+    public const int AttributeMultiprocessorCount = 16;
+    public const int AttributeComputeCapabilityMajor = 75;
+    public const int AttributeComputeCapabilityMinor = 76;
+    public const int AttributeMaxSharedMemoryPerBlockOptin = 97;
+
+    // CUfunction_attribute.
+    public const int FunctionAttributeMaxDynamicSharedSizeBytes = 8;
+
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuInit(uint flags);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDriverGetVersion(int* driverVersion);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDeviceGetCount(int* count);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDeviceGet(int* device, int ordinal);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDeviceGetName(byte* name, int length, int device);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDeviceGetAttribute(int* value, int attribute, int device);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuDeviceTotalMem_v2")] public static partial int cuDeviceTotalMem(nuint* bytes, int device);
+
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDevicePrimaryCtxRetain(IntPtr* context, int device);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuDevicePrimaryCtxRelease_v2")] public static partial int cuDevicePrimaryCtxRelease(int device);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuCtxSetCurrent(IntPtr context);
+
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemAlloc_v2")] public static partial int cuMemAlloc(ulong* devicePointer, nuint bytes);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemFree_v2")] public static partial int cuMemFree(ulong devicePointer);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemcpyHtoD_v2")] public static partial int cuMemcpyHtoD(ulong destination, void* source, nuint bytes);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemcpyDtoH_v2")] public static partial int cuMemcpyDtoH(void* destination, ulong source, nuint bytes);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemcpyDtoD_v2")] public static partial int cuMemcpyDtoD(ulong destination, ulong source, nuint bytes);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemsetD8_v2")] public static partial int cuMemsetD8(ulong destination, byte value, nuint count);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemGetInfo_v2")] public static partial int cuMemGetInfo(nuint* free, nuint* total);
+
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuStreamCreate(IntPtr* stream, uint flags);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(IntPtr stream);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuStreamSynchronize(IntPtr stream);
+
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuModuleLoadData(IntPtr* module, void* image);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuModuleUnload(IntPtr module);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuModuleGetFunction(IntPtr* function, IntPtr module, byte* name);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuFuncSetAttribute(IntPtr function, int attribute, int value);
+    [LibraryImport(LibraryNames.Cuda)]
+    public static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ,
+                                             uint blockX, uint blockY, uint blockZ, uint sharedMemBytes,
+                                             IntPtr stream, void** kernelParams, void** extra);
+
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuGetErrorName(int error, byte** name);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuGetErrorString(int error, byte** description);
+}

@@ -1,0 +1,46 @@
+// libloraknl_cpu: every lk_* export of the CPU kernels (native/include/lora_kernels.h), with the
+// header's types: int64_t -> long, int32_t -> int, uint64_t -> ulong, uint16_t -> ushort.
+using System.Runtime.InteropServices;
+
+namespace LoraKernels.Interop;
+
+internal static unsafe partial class NativeCpu
+{
+    static NativeCpu() => NativeLibraryResolver.EnsureRegistered();
+
+    [LibraryImport(LibraryNames.Cpu)] public static partial byte* lk_status_name(int status);
+    [LibraryImport(LibraryNames.Cpu)] public static partial long lk_cpu_last_error(byte* buffer, long capacity);
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_isa();
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_set_num_threads(int n);
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_get_num_threads();
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_sgemm(int transA, int transB, long m, long n, long k, float alpha,
+                                           float* a, long lda, float* b, long ldb, float beta, float* c, long ldc);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_lora_forward(long m, long inFeatures, long outFeatures, long r,
+                                                  float* x, float* w0, float* bias, float* a, float* b,
+                                                  float scale, float dropoutP, ulong seed, float* y, float* u);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_lora_backward(long m, long inFeatures, long outFeatures, long r,
+                                                   float* x, float* w0, float* a, float* b, float* u, float* dy,
+                                                   float scale, float dropoutP, ulong seed,
+                                                   float* dx, float* dA, float* dB);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_lora_merge(long outFeatures, long inFeatures, long r, float* w, float* a, float* b, float scale);
+
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_relu_forward(long n, float* x, float* y);
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_relu_backward(long n, float* x, float* dy, float* dx);
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_axpy(long n, float alpha, float* x, float* y);
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_mse_loss(long n, float* pred, float* target, float* loss, float* dpred);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_adamw_step(long n, float* param, float* grad, float* m, float* v, float lr,
+                                                float beta1, float beta2, float eps, float weightDecay, long step);
+
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_bf16_to_f32(long n, ushort* source, float* destination);
+    [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_f32_to_bf16(long n, float* source, ushort* destination);
+}

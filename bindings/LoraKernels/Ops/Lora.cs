@@ -1,0 +1,140 @@
+// The LoRA op family: fused forward, backward and merge of y = x W0ᵀ + bias + scale·(dropout(x) Aᵀ) Bᵀ
+// (REFERENCE.md 1.5-1.6). Checks every argument, allocates the outputs, then dispatches to the
+// device's backend (native CPU kernels or kernels/lora.cu).
+namespace LoraKernels.Ops;
+
+public static class Lora
+{
+    private readonly record struct Dims(long M, long In, long Out, long R, DType DType, Device Device);
+
+    /// <summary>
+    /// y = x W0ᵀ + bias + scale·(dropout(x) Aᵀ) Bᵀ. x [M, in], W0 [out, in], bias [out] or null,
+    /// A [r, in], B [out, r], all of x's dtype and device. Returns Y [M, out] (x's dtype) and
+    /// U = dropout(x) Aᵀ [M, r] (F32), which <see cref="Backward"/> needs. The dropout mask is a
+    /// pure function of (seed, element index), so the backward pass regenerates it.
+    /// </summary>
+    public static (Tensor Y, Tensor U) Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
+                                               float scale, float dropoutP = 0f, ulong seed = 0)
+    {
+        const string op = "Lora.Forward";
+        Dims d = CheckAdapter(op, x, w0, a, b);
+        if (bias is not null)
+        {
+            Checks.Alive(bias, op, nameof(bias));
+            Checks.Shape(op, nameof(bias), bias, "out", [d.Out], d.DType, d.Device);
+        }
+        Checks.Finite(op, nameof(scale), scale);
+        Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
+        CheckOutputSize(op, "y", d.M, d.Out);
+        CheckOutputSize(op, "u", d.M, d.R);
+
+        Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
+        Tensor? u = null;
+        try
+        {
+            u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
+            d.Device.Backend.LoraForward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
+            return (y, u);
+        }
+        catch
+        {
+            Checks.DisposeAll(y, u);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Gradients of <see cref="Forward"/> given dy [M, out] (x's dtype) and the forward's u [M, r] (F32):
+    /// dx [M, in] (x's dtype), dA [r, in] and dB [out, r] (A's and B's dtype), each only when requested
+    /// (null otherwise). Pass the forward's scale, dropout probability and seed.
+    /// </summary>
+    public static (Tensor? Dx, Tensor? DA, Tensor? DB) Backward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u,
+                                                               Tensor dy, float scale, float dropoutP = 0f, ulong seed = 0,
+                                                               bool needDx = true, bool needDA = true, bool needDB = true)
+    {
+        const string op = "Lora.Backward";
+        Dims d = CheckAdapter(op, x, w0, a, b);
+        Checks.Alive(u, op, nameof(u));
+        Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
+        Checks.Alive(dy, op, nameof(dy));
+        Checks.Shape(op, nameof(dy), dy, "M, out", [d.M, d.Out], d.DType, d.Device);
+        Checks.Finite(op, nameof(scale), scale);
+        Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
+        if (!needDx && !needDA && !needDB) return (null, null, null);
+
+        Tensor? dx = null, dA = null, dB = null;
+        try
+        {
+            if (needDx) dx = Tensor.Empty(d.Device, d.DType, d.M, d.In);
+            if (needDA) dA = Tensor.Empty(d.Device, d.DType, d.R, d.In);
+            if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
+            d.Device.Backend.LoraBackward(x, w0, a, b, u, dy, scale, dropoutP, seed, dx, dA, dB);
+            return (dx, dA, dB);
+        }
+        catch
+        {
+            Checks.DisposeAll(dx, dA, dB);
+            throw;
+        }
+    }
+
+    /// <summary>W0 += scale·B·A in place (W0 [out, in], A [r, in], B [out, r], one dtype and device).</summary>
+    public static void Merge(Tensor w0, Tensor a, Tensor b, float scale) => MergeScaled("Lora.Merge", w0, a, b, scale);
+
+    /// <summary>W0 -= scale·B·A in place: undoes <see cref="Merge"/> up to rounding (exactly only in exact arithmetic).</summary>
+    public static void Unmerge(Tensor w0, Tensor a, Tensor b, float scale) => MergeScaled("Lora.Unmerge", w0, a, b, -scale);
+
+    private static void MergeScaled(string op, Tensor w0, Tensor a, Tensor b, float signedScale)
+    {
+        Checks.Alive(w0, op, nameof(w0));
+        (long outFeatures, long inFeatures) = Checks.Matrix(op, nameof(w0), w0, "out, in");
+        long r = Rank(op, a, inFeatures, w0.DType, w0.Device);
+        Checks.Alive(b, op, nameof(b));
+        Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], w0.DType, w0.Device);
+        Checks.Finite(op, "scale", signedScale);
+        w0.Device.Backend.LoraMerge(w0, a, b, signedScale);
+    }
+
+    /// <summary>x [M, in], W0 [out, in], A [r, in] with r ≥ 1, B [out, r]; one dtype and device.</summary>
+    private static Dims CheckAdapter(string op, Tensor x, Tensor w0, Tensor a, Tensor b)
+    {
+        Checks.Alive(x, op, nameof(x));
+        (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
+        DType dtype = x.DType;
+        Device device = x.Device;
+
+        Checks.Alive(w0, op, nameof(w0));
+        if (w0.Rank != 2 || w0.Shape[0] < 1 || w0.Shape[1] != inFeatures || w0.DType != dtype || !ReferenceEquals(w0.Device, device))
+            throw new ArgumentException(
+                $"{op}: w0 must be [out, in] = [{LeadingDimension(w0, "out")}, {inFeatures}] with dtype {dtype} on {device} and out >= 1, got {w0.Describe()}", nameof(w0));
+        Checks.Size(op, nameof(w0), w0);
+        long outFeatures = w0.Shape[0];
+
+        long r = Rank(op, a, inFeatures, dtype, device);
+        Checks.Alive(b, op, nameof(b));
+        Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], dtype, device);
+        return new Dims(m, inFeatures, outFeatures, r, dtype, device);
+    }
+
+    /// <summary>A must be [r, in] with r ≥ 1; r = 0 is an ArgumentOutOfRangeException naming a.</summary>
+    private static long Rank(string op, Tensor a, long inFeatures, DType dtype, Device device)
+    {
+        Checks.Alive(a, op, nameof(a));
+        if (a.Rank != 2 || a.Shape[1] != inFeatures || a.DType != dtype || !ReferenceEquals(a.Device, device))
+            throw new ArgumentException(
+                $"{op}: a must be [r, in] = [{LeadingDimension(a, "r")}, {inFeatures}] with dtype {dtype} on {device}, got {a.Describe()}", nameof(a));
+        if (a.Shape[0] == 0)
+            throw new ArgumentOutOfRangeException(nameof(a), $"{op}: a is {a.Describe()}, so r = 0; LoRA needs rank r >= 1.");
+        Checks.Size(op, nameof(a), a);
+        return a.Shape[0];
+    }
+
+    /// <summary>The tensor's first dimension when it is a matrix, else the dimension's symbol (for messages).</summary>
+    private static string LeadingDimension(Tensor tensor, string symbol) => tensor.Rank == 2 ? tensor.Shape[0].ToString(System.Globalization.CultureInfo.InvariantCulture) : symbol;
+
+    private static void CheckOutputSize(string op, string name, long rows, long columns)
+    {
+        if (rows * columns > Checks.MaxElements)
+            throw new ArgumentException($"{op}: the output {name} would be [{rows}, {columns}], over 2^31 - 1 elements.", name);
+    }
+}

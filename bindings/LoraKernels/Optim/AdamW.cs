@@ -1,0 +1,150 @@
+// AdamW with torch.optim.AdamW semantics (decoupled weight decay, bias-corrected moments, a step
+// count per parameter that advances only when the parameter has a gradient). Moments m and v are
+// F32 tensors on the parameter's device, created at its first step. A BF16 parameter is trained
+// through an F32 master copy kept in the optimizer state (created from the parameter's value at
+// its first step) and rounded back into the parameter after every step, so small updates
+// accumulate instead of vanishing in bf16 rounding.
+using LoraKernels.Autograd;
+
+namespace LoraKernels.Optim;
+
+public sealed class AdamW : IDisposable
+{
+    private sealed class State(Tensor m, Tensor v, Tensor? master) : IDisposable
+    {
+        public Tensor M { get; } = m;
+        public Tensor V { get; } = v;
+        public Tensor? Master { get; } = master;
+        public long Steps { get; set; }
+
+        public void Dispose()
+        {
+            M.Dispose();
+            V.Dispose();
+            Master?.Dispose();
+        }
+    }
+
+    private readonly Parameter[] _parameters;
+    private readonly Dictionary<Parameter, State> _states = new(ReferenceEqualityComparer.Instance);
+    private float _learningRate;
+    private bool _disposed;
+
+    public AdamW(IEnumerable<Parameter> parameters, float lr = 1e-3f, float beta1 = 0.9f, float beta2 = 0.999f,
+                 float eps = 1e-8f, float weightDecay = 0.01f)
+    {
+        ArgumentNullException.ThrowIfNull(parameters);
+        _parameters = parameters.ToArray();
+        for (int i = 0; i < _parameters.Length; i++)
+        {
+            if (_parameters[i] is null) throw new ArgumentException($"AdamW: parameter {i} is null.", nameof(parameters));
+        }
+        if (_parameters.Distinct(ReferenceEqualityComparer.Instance).Count() != _parameters.Length)
+            throw new ArgumentException("AdamW: a parameter appears more than once.", nameof(parameters));
+        LearningRate = lr;
+        if (!(beta1 >= 0f && beta1 < 1f)) throw new ArgumentOutOfRangeException(nameof(beta1), beta1, "AdamW: beta1 must be in [0, 1).");
+        if (!(beta2 >= 0f && beta2 < 1f)) throw new ArgumentOutOfRangeException(nameof(beta2), beta2, "AdamW: beta2 must be in [0, 1).");
+        if (!(eps >= 0f) || !float.IsFinite(eps)) throw new ArgumentOutOfRangeException(nameof(eps), eps, "AdamW: eps must be finite and >= 0.");
+        if (!(weightDecay >= 0f) || !float.IsFinite(weightDecay))
+            throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "AdamW: weightDecay must be finite and >= 0.");
+        Beta1 = beta1;
+        Beta2 = beta2;
+        Eps = eps;
+        WeightDecay = weightDecay;
+    }
+
+    /// <summary>The learning rate of the next step (settable, for schedules).</summary>
+    public float LearningRate
+    {
+        get => _learningRate;
+        set
+        {
+            if (!(value >= 0f) || !float.IsFinite(value)) throw new ArgumentOutOfRangeException(nameof(value), value, "AdamW: the learning rate must be finite and >= 0.");
+            _learningRate = value;
+        }
+    }
+
+    public float Beta1 { get; }
+    public float Beta2 { get; }
+    public float Eps { get; }
+    public float WeightDecay { get; }
+
+    /// <summary>Calls of <see cref="Step"/> so far.</summary>
+    public long StepCount { get; private set; }
+
+    public IReadOnlyList<Parameter> Parameters => _parameters;
+
+    /// <summary>One AdamW update of every parameter that requires a gradient and has one.</summary>
+    public void Step()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        foreach (Parameter parameter in _parameters)
+        {
+            if (!parameter.RequiresGrad || parameter.Grad is null) continue;
+            CheckGradient(parameter);
+        }
+        StepCount++;
+        foreach (Parameter parameter in _parameters)
+        {
+            if (!parameter.RequiresGrad || parameter.Grad is null) continue;
+            State state = StateOf(parameter);
+            state.Steps++;
+            Tensor weights = state.Master ?? parameter.Value;
+            parameter.Value.Device.Backend.AdamWStep(weights, parameter.Grad, state.M, state.V, LearningRate, Beta1, Beta2,
+                                                     Eps, WeightDecay, state.Steps);
+            if (state.Master is not null) parameter.Value.Device.Backend.Cast(state.Master, parameter.Value);
+        }
+    }
+
+    /// <summary>Frees every parameter's gradient (torch's zero_grad(set_to_none=True)).</summary>
+    public void ZeroGrad()
+    {
+        foreach (Parameter parameter in _parameters) parameter.ZeroGrad();
+    }
+
+    private static void CheckGradient(Parameter parameter)
+    {
+        const string op = "AdamW.Step";
+        Tensor value = parameter.Value;
+        value.ThrowIfDisposed(parameter.Name);
+        Tensor grad = parameter.Grad!;
+        grad.ThrowIfDisposed($"{parameter.Name}.Grad");
+        if (grad.DType != DType.F32 || !ReferenceEquals(grad.Device, value.Device) || !grad.Shape.SequenceEqual(value.Shape))
+            throw new ArgumentException(
+                $"{op}: the gradient of {parameter.Name} must be F32[{string.Join(", ", value.Shape)}] on {value.Device}, got {grad.Describe()}",
+                nameof(parameter));
+        Ops.Checks.NotEmpty(op, parameter.Name, value);
+    }
+
+    private State StateOf(Parameter parameter)
+    {
+        if (_states.TryGetValue(parameter, out State? state)) return state;
+        Tensor value = parameter.Value;
+        long[] shape = [.. value.Shape];
+        Tensor m = Tensor.Zeros(value.Device, DType.F32, shape);
+        Tensor? v = null, master = null;
+        try
+        {
+            v = Tensor.Zeros(value.Device, DType.F32, shape);
+            if (value.DType != DType.F32) master = Ops.Elementwise.Cast(value, DType.F32);
+            state = new State(m, v, master);
+        }
+        catch
+        {
+            m.Dispose();
+            v?.Dispose();
+            throw;
+        }
+        _states.Add(parameter, state);
+        return state;
+    }
+
+    /// <summary>Frees the optimizer state (moments, master copies); the parameters are untouched.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (State state in _states.Values) state.Dispose();
+        _states.Clear();
+    }
+}

@@ -1,0 +1,55 @@
+// The CPU device: tensors in 64-byte-aligned host memory, ops through the native CPU kernels
+// (libloraknl_cpu, OpenMP, AVX-512 or AVX2+FMA picked at load time).
+using LoraKernels.Backends;
+using LoraKernels.Backends.Cpu;
+using LoraKernels.Interop;
+using LoraKernels.Runtime;
+
+namespace LoraKernels;
+
+public sealed class CpuDevice : Device
+{
+    private readonly Lazy<string> _name;
+
+    internal CpuDevice() : base(DeviceKind.Cpu)
+    {
+        Backend = new CpuBackend();
+        _name = new Lazy<string>(Describe);
+    }
+
+    public override string Name => _name.Value;
+
+    public override string ToString() => "cpu";
+
+    /// <summary>OpenMP threads the CPU kernels use (lk_cpu_get_num_threads).</summary>
+    public int Threads
+    {
+        get => NativeCpu.lk_cpu_get_num_threads();
+        set => Check.Cpu(NativeCpu.lk_cpu_set_num_threads(value));
+    }
+
+    public override void Synchronize() { }
+
+    internal override IBackend Backend { get; }
+
+    internal override DeviceBuffer Allocate(long bytes) => HostMemory.Allocate(bytes, Counter);
+
+    internal override void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source) =>
+        HostMemory.Upload(destination, destinationOffsetBytes, source);
+
+    internal override void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination) =>
+        HostMemory.Download(source, sourceOffsetBytes, destination);
+
+    internal override void Copy(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes) =>
+        HostMemory.Copy(source, sourceOffsetBytes, destination, destinationOffsetBytes, bytes);
+
+    internal override void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value) =>
+        HostMemory.Memset(destination, offsetBytes, bytes, value);
+
+    private static string Describe()
+    {
+        int isa = NativeCpu.lk_cpu_isa();
+        string instructions = (isa & 2) != 0 ? "AVX-512" : (isa & 1) != 0 ? "AVX2" : "portable";
+        return $"cpu ({instructions}, {NativeCpu.lk_cpu_get_num_threads()} threads)";
+    }
+}

@@ -1,0 +1,183 @@
+// One NVIDIA GPU as an IKernelDevice through the CUDA driver API: its primary context, one
+// blocking stream for every launch, cuMemAlloc buffers, kernel modules from the AOT fatbin or
+// NVRTC (ModuleCache), and cuBLAS / cuSOLVER for the vendor math. The driver API keeps the
+// current context per thread, so every entry point makes it current first (callers may use
+// the device from any thread, one at a time).
+using LoraKernels.Interop;
+
+namespace LoraKernels.Runtime;
+
+internal sealed unsafe class CudaKernelDevice : IKernelDevice
+{
+    private readonly CudaContextHandle _context;
+    private readonly CudaStream _stream;
+    private readonly ModuleCache _modules;
+    private readonly Lazy<CublasVendorMath> _cublas;
+    private readonly Lazy<CudaSolver> _solver;
+    private bool _disposed;
+
+    public CudaKernelDevice(int ordinal, AllocationCounter counter)
+    {
+        CudaDriverState.EnsureAvailable();
+        int count = CudaDriverState.DeviceCount;
+        if (ordinal < 0 || ordinal >= count)
+            throw new ArgumentOutOfRangeException(nameof(ordinal), ordinal, $"There are {count} CUDA device(s).");
+        Counter = counter;
+        Ordinal = ordinal;
+
+        int device;
+        Check.Cuda(CudaDriver.cuDeviceGet(&device, ordinal));
+        const int nameCapacity = 256;
+        byte* name = stackalloc byte[nameCapacity];
+        Check.Cuda(CudaDriver.cuDeviceGetName(name, nameCapacity, device));
+        DeviceName = Utf8.Read(name) ?? $"CUDA device {ordinal}";
+        MultiprocessorCount = Attribute(CudaDriver.AttributeMultiprocessorCount, device);
+        ComputeCapability = (Attribute(CudaDriver.AttributeComputeCapabilityMajor, device), Attribute(CudaDriver.AttributeComputeCapabilityMinor, device));
+        MaxDynamicSharedBytesPerBlock = Attribute(CudaDriver.AttributeMaxSharedMemoryPerBlockOptin, device);
+        nuint totalMemory;
+        Check.Cuda(CudaDriver.cuDeviceTotalMem(&totalMemory, device));
+        TotalMemoryBytes = (long)totalMemory;
+
+        _context = CudaContextHandle.RetainPrimary(device);
+        try
+        {
+            _context.MakeCurrent();
+            _stream = CudaStream.Create(_context);
+        }
+        catch
+        {
+            _context.Dispose();
+            throw;
+        }
+        _modules = new ModuleCache(_context, Architecture);
+        _cublas = new Lazy<CublasVendorMath>(() => new CublasVendorMath(this));
+        _solver = new Lazy<CudaSolver>(() => new CudaSolver(this));
+    }
+
+    public AllocationCounter Counter { get; }
+    public int Ordinal { get; }
+    public string DeviceName { get; }
+    public (int Major, int Minor) ComputeCapability { get; }
+    public long TotalMemoryBytes { get; }
+
+    /// <summary>The NVRTC target for this GPU, e.g. "sm_90".</summary>
+    public string Architecture => $"sm_{ComputeCapability.Major}{ComputeCapability.Minor}";
+
+    public int MultiprocessorCount { get; }
+    public int MaxDynamicSharedBytesPerBlock { get; }
+
+    public IVendorMath VendorMath => _cublas.Value;
+
+    /// <summary>cuSOLVER on this device's stream (created on first use).</summary>
+    public CudaSolver Solver => _solver.Value;
+
+    /// <summary>Where each loaded kernel family came from (fatbin, disk cache, nvrtc).</summary>
+    public IReadOnlyDictionary<string, string> ModuleOrigins => _modules.Origins;
+
+    internal CudaContextHandle Context => _context;
+    internal CudaStream Stream => _stream;
+
+    /// <summary>Makes the context current on this thread; every driver call below goes through it.</summary>
+    internal void Enter()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _context.MakeCurrent();
+    }
+
+    public DeviceBuffer Allocate(long bytes)
+    {
+        Enter();
+        return new CudaBuffer(_context, Counter, bytes);
+    }
+
+    public void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source)
+    {
+        ulong target = Address(destination, destinationOffsetBytes, source.Length, nameof(destination));
+        if (source.IsEmpty) return;
+        Enter();
+        fixed (byte* from = source) Check.Cuda(CudaDriver.cuMemcpyHtoD(target, from, (nuint)source.Length));
+    }
+
+    public void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination)
+    {
+        ulong from = Address(source, sourceOffsetBytes, destination.Length, nameof(source));
+        if (destination.IsEmpty) return;
+        Enter();
+        fixed (byte* target = destination) Check.Cuda(CudaDriver.cuMemcpyDtoH(target, from, (nuint)destination.Length));
+    }
+
+    public void CopyDeviceToDevice(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes)
+    {
+        ulong from = Address(source, sourceOffsetBytes, bytes, nameof(source));
+        ulong target = Address(destination, destinationOffsetBytes, bytes, nameof(destination));
+        if (bytes == 0) return;
+        Enter();
+        Check.Cuda(CudaDriver.cuMemcpyDtoD(target, from, (nuint)bytes));
+    }
+
+    public void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value)
+    {
+        ulong target = Address(destination, offsetBytes, bytes, nameof(destination));
+        if (bytes == 0) return;
+        Enter();
+        Check.Cuda(CudaDriver.cuMemsetD8(target, value, (nuint)bytes));
+    }
+
+    public void Launch(string kernel, Dim3 grid, Dim3 block, uint dynamicSharedBytes, KernelArguments arguments)
+    {
+        ArgumentNullException.ThrowIfNull(kernel);
+        ArgumentNullException.ThrowIfNull(arguments);
+        Enter();
+        IntPtr function = _modules.GetFunction(kernel, dynamicSharedBytes);
+        int result = CudaDriver.cuLaunchKernel(function, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, dynamicSharedBytes,
+                                               _stream.DangerousGetHandle(), (void**)arguments.ArgumentArray, null);
+        if (result != CudaDriver.Success)
+            throw Check.CudaError($"cuLaunchKernel of {kernel} with grid {grid.X}x{grid.Y}x{grid.Z}, block {block.X}x{block.Y}x{block.Z}, {dynamicSharedBytes} B dynamic shared", result);
+    }
+
+    public void Synchronize()
+    {
+        Enter();
+        Check.Cuda(CudaDriver.cuStreamSynchronize(_stream.DangerousGetHandle()));
+    }
+
+    /// <summary>Free and total device memory in bytes (cuMemGetInfo).</summary>
+    public (long Free, long Total) MemoryInfo()
+    {
+        Enter();
+        nuint free, total;
+        Check.Cuda(CudaDriver.cuMemGetInfo(&free, &total));
+        return ((long)free, (long)total);
+    }
+
+    private static ulong Address(DeviceBuffer buffer, long offset, long bytes, string paramName)
+    {
+        ArgumentNullException.ThrowIfNull(buffer, paramName);
+        if (buffer is not CudaBuffer) throw new ArgumentException($"{paramName} is not CUDA device memory ({buffer.GetType().Name}).", paramName);
+        ObjectDisposedException.ThrowIf(buffer.IsDisposed, buffer);
+        BufferRange.Check(buffer, offset, bytes, paramName);
+        return buffer.Address + (ulong)offset;
+    }
+
+    private static int Attribute(int attribute, int device)
+    {
+        int value;
+        Check.Cuda(CudaDriver.cuDeviceGetAttribute(&value, attribute, device));
+        return value;
+    }
+
+    /// <summary>
+    /// Releases modules, library handles and the stream; the context itself is released when the
+    /// last buffer allocated in it is freed (each holds a reference).
+    /// </summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _modules.Dispose();
+        if (_solver.IsValueCreated) _solver.Value.Dispose();
+        if (_cublas.IsValueCreated) _cublas.Value.Dispose();
+        _stream.Dispose();
+        _context.Dispose();
+    }
+}

@@ -1,0 +1,117 @@
+// Where tensors live and ops run: the CPU kernels, the SIMT emulator, or a CUDA GPU. Each device
+// owns its backend (how ops run there) and its memory, and counts live allocations so tests can
+// prove nothing leaks. Devices are process-wide: Device.Cpu, Device.Simt and Device.Cuda(n)
+// return one instance each, so "same device" is reference equality.
+using LoraKernels.Backends;
+using LoraKernels.Runtime;
+
+namespace LoraKernels;
+
+public enum DeviceKind { Cpu, Simt, Cuda }
+
+public abstract class Device : IDisposable
+{
+    private static readonly Lazy<CpuDevice> CpuInstance = new(() => new CpuDevice());
+    private static readonly Lazy<SimtDevice> SimtInstance = new(() => new SimtDevice());
+
+    private protected Device(DeviceKind kind)
+    {
+        Kind = kind;
+        Counter = new AllocationCounter();
+    }
+
+    public DeviceKind Kind { get; }
+
+    /// <summary>A human-readable description: "cpu (AVX-512, 2 threads)", "simt (emulator)", "cuda:0 NVIDIA H200 (sm_90)".</summary>
+    public abstract string Name { get; }
+
+    /// <summary>The short name <see cref="FromName"/> accepts: "cpu", "simt", "cuda:0". Used in error messages.</summary>
+    public abstract override string ToString();
+
+    /// <summary>The CPU kernels (process-wide).</summary>
+    public static Device Cpu => CpuInstance.Value;
+
+    /// <summary>kernels/*.cu under the SIMT emulator (process-wide, created on first use).</summary>
+    public static Device Simt => SimtInstance.Value;
+
+    /// <summary>CUDA device <paramref name="ordinal"/> (one instance per ordinal until disposed).</summary>
+    /// <exception cref="CudaUnavailableException">No usable driver or device; the message says what was tried.</exception>
+    public static Device Cuda(int ordinal = 0) => CudaDevice.Get(ordinal);
+
+    /// <summary>True when the CUDA driver loads, initialises and reports at least one device. Never throws.</summary>
+    public static bool IsCudaAvailable => CudaDriverState.IsAvailable;
+
+    /// <summary>"cpu" | "simt" | "cuda" | "cuda:N", case-insensitive.</summary>
+    public static Device FromName(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        string key = name.Trim().ToLowerInvariant();
+        if (key == "cpu") return Cpu;
+        if (key == "simt") return Simt;
+        if (key == "cuda") return Cuda(0);
+        if (key.StartsWith("cuda:", StringComparison.Ordinal)
+            && int.TryParse(key.AsSpan(5), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int ordinal))
+            return Cuda(ordinal);
+        throw new ArgumentException($"Unknown device \"{name}\": expected cpu, simt, cuda or cuda:N.", nameof(name));
+    }
+
+    /// <summary>
+    /// The device named by <c>--device X</c> (or <c>--device=X</c>) in <paramref name="args"/>, else by the
+    /// LORAKERNELS_DEVICE environment variable, else CUDA when available, else the CPU.
+    /// </summary>
+    public static Device Select(string[]? args = null)
+    {
+        string? requested = null;
+        if (args is not null)
+        {
+            for (int i = 0; i < args.Length; i++)
+            {
+                if (args[i] == "--device")
+                {
+                    if (i + 1 >= args.Length) throw new ArgumentException("--device needs a value: cpu, simt, cuda or cuda:N.", nameof(args));
+                    requested = args[i + 1];
+                }
+                else if (args[i].StartsWith("--device=", StringComparison.Ordinal))
+                {
+                    requested = args[i]["--device=".Length..];
+                }
+            }
+        }
+        if (string.IsNullOrWhiteSpace(requested)) requested = Environment.GetEnvironmentVariable("LORAKERNELS_DEVICE");
+        if (!string.IsNullOrWhiteSpace(requested)) return FromName(requested);
+        return IsCudaAvailable ? Cuda(0) : Cpu;
+    }
+
+    /// <summary>Buffers allocated on this device and not yet freed.</summary>
+    public long LiveAllocations => Counter.Allocations;
+
+    /// <summary>Bytes of the buffers counted by <see cref="LiveAllocations"/>.</summary>
+    public long LiveBytes => Counter.Bytes;
+
+    /// <summary>Waits until all queued work on the device has finished.</summary>
+    public abstract void Synchronize();
+
+    /// <summary>
+    /// The CPU and emulator devices are process-wide and own nothing beyond their tensors, so
+    /// disposing them does nothing. Disposing a CUDA device releases its modules, stream and library
+    /// handles; its remaining tensors may still be disposed, and Device.Cuda(n) then creates a new instance.
+    /// </summary>
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing) { }
+
+    internal AllocationCounter Counter { get; }
+
+    /// <summary>How ops run on this device.</summary>
+    internal abstract IBackend Backend { get; }
+
+    internal abstract DeviceBuffer Allocate(long bytes);
+    internal abstract void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source);
+    internal abstract void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination);
+    internal abstract void Copy(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes);
+    internal abstract void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value);
+}

@@ -1,0 +1,54 @@
+// Memory operations on host buffers, shared by the CPU device and the SIMT emulator's kernel
+// device (whose "device memory" is host memory). Every range is checked against the buffer, since
+// a bad offset here would corrupt the process rather than fail a CUDA call.
+namespace LoraKernels.Runtime;
+
+internal static unsafe class HostMemory
+{
+    public static HostBuffer Allocate(long bytes, AllocationCounter counter) => new(bytes, counter);
+
+    public static void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source)
+    {
+        byte* target = Pointer(destination, destinationOffsetBytes, source.Length, nameof(destination));
+        fixed (byte* from = source) Buffer.MemoryCopy(from, target, source.Length, source.Length);
+    }
+
+    public static void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination)
+    {
+        byte* from = Pointer(source, sourceOffsetBytes, destination.Length, nameof(source));
+        fixed (byte* target = destination) Buffer.MemoryCopy(from, target, destination.Length, destination.Length);
+    }
+
+    public static void Copy(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes)
+    {
+        byte* from = Pointer(source, sourceOffsetBytes, bytes, nameof(source));
+        byte* target = Pointer(destination, destinationOffsetBytes, bytes, nameof(destination));
+        Buffer.MemoryCopy(from, target, bytes, bytes);
+    }
+
+    public static void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value)
+    {
+        byte* target = Pointer(destination, offsetBytes, bytes, nameof(destination));
+        for (long done = 0; done < bytes; done += int.MaxValue)
+            new Span<byte>(target + done, (int)Math.Min(int.MaxValue, bytes - done)).Fill(value);
+    }
+
+    private static byte* Pointer(DeviceBuffer buffer, long offset, long bytes, string paramName)
+    {
+        if (buffer is not HostBuffer) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
+        ObjectDisposedException.ThrowIf(buffer.IsDisposed, buffer);
+        BufferRange.Check(buffer, offset, bytes, paramName);
+        return (byte*)buffer.Address + offset;
+    }
+}
+
+internal static class BufferRange
+{
+    /// <summary>Throws unless [offset, offset + bytes) lies inside <paramref name="buffer"/>.</summary>
+    public static void Check(DeviceBuffer buffer, long offset, long bytes, string paramName)
+    {
+        if (offset < 0 || bytes < 0 || offset > buffer.SizeInBytes || bytes > buffer.SizeInBytes - offset)
+            throw new ArgumentOutOfRangeException(paramName,
+                $"Byte range [{offset}, {offset} + {bytes}) lies outside a buffer of {buffer.SizeInBytes} bytes.");
+    }
+}

@@ -1,0 +1,239 @@
+// The loaded kernel modules of one CUDA device, one per family, and their functions by name.
+// A family's module comes from, in order:
+//   1. the AOT fatbin <family>.fatbin (LORAKERNELS_FATBIN_DIR, the app's kernels/ folder, or
+//      build/native/kernels/ found by walking up from the app), when cuModuleLoadData accepts it
+//      for this GPU (skipped when LORAKERNELS_FORCE_NVRTC=1, e.g. after editing kernels without
+//      rebuilding the fatbins);
+//   2. a cubin cached on disk by an earlier NVRTC compile, keyed by SHA-256 of (sources, options,
+//      architecture, NVRTC version), under LORAKERNELS_CACHE_DIR or ~/.cache/lorakernels;
+//   3. NVRTC now, for the device's sm_XY; the cubin is then cached (written to a temporary file
+//      and renamed, so a crash never leaves a half-written entry).
+// A cache entry stores the SHA-256 of its payload first; a corrupt or unloadable entry is
+// recompiled and replaced.
+using System.Security.Cryptography;
+using System.Text;
+using LoraKernels.Interop;
+
+namespace LoraKernels.Runtime;
+
+internal sealed unsafe class ModuleCache : IDisposable
+{
+    private const int DefaultDynamicSharedLimit = 48 * 1024;
+    private const int HashBytes = 32;
+
+    private readonly CudaContextHandle _context;
+    private readonly string _arch;
+    private readonly object _gate = new();
+    private readonly Dictionary<string, CudaModuleHandle> _modules = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, KernelFunction> _functions = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, string> _origins = new(StringComparer.Ordinal);
+    private bool _disposed;
+
+    private sealed class KernelFunction(IntPtr handle)
+    {
+        public IntPtr Handle { get; } = handle;
+        public uint DynamicSharedLimit { get; set; } = DefaultDynamicSharedLimit;
+    }
+
+    public ModuleCache(CudaContextHandle context, string arch)
+    {
+        _context = context;
+        _arch = arch;
+    }
+
+    /// <summary>Where each loaded family came from ("fatbin /path", "disk cache /path", "nvrtc"), for tests and diagnostics.</summary>
+    public IReadOnlyDictionary<string, string> Origins
+    {
+        get { lock (_gate) return new Dictionary<string, string>(_origins); }
+    }
+
+    /// <summary>
+    /// The function for entry point <paramref name="kernel"/>, with its dynamic shared memory limit
+    /// raised to at least <paramref name="dynamicSharedBytes"/> (needed above 48 KiB). The context must be current.
+    /// </summary>
+    public IntPtr GetFunction(string kernel, uint dynamicSharedBytes)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (!_functions.TryGetValue(kernel, out KernelFunction? function))
+            {
+                CudaModuleHandle module = Module(KernelSources.FamilyOf(kernel));
+                IntPtr handle;
+                byte[] name = Utf8.NullTerminated(kernel);
+                int result;
+                fixed (byte* namePointer = name) result = CudaDriver.cuModuleGetFunction(&handle, module.DangerousGetHandle(), namePointer);
+                if (result != CudaDriver.Success) throw Check.CudaError($"cuModuleGetFunction of {kernel}", result);
+                function = new KernelFunction(handle);
+                _functions.Add(kernel, function);
+            }
+            if (dynamicSharedBytes > function.DynamicSharedLimit)
+            {
+                int result = CudaDriver.cuFuncSetAttribute(function.Handle, CudaDriver.FunctionAttributeMaxDynamicSharedSizeBytes, (int)dynamicSharedBytes);
+                if (result != CudaDriver.Success)
+                    throw Check.CudaError($"cuFuncSetAttribute of {kernel} to {dynamicSharedBytes} B dynamic shared", result);
+                function.DynamicSharedLimit = dynamicSharedBytes;
+            }
+            return function.Handle;
+        }
+    }
+
+    private CudaModuleHandle Module(string family)
+    {
+        if (_modules.TryGetValue(family, out CudaModuleHandle? module)) return module;
+        module = LoadFatbin(family) ?? LoadCachedCubin(family) ?? CompileAndCache(family);
+        _modules.Add(family, module);
+        return module;
+    }
+
+    private CudaModuleHandle? LoadFatbin(string family)
+    {
+        if (Environment.GetEnvironmentVariable("LORAKERNELS_FORCE_NVRTC") == "1") return null;
+        foreach (string folder in FatbinFolders())
+        {
+            string path = Path.Combine(folder, family + ".fatbin");
+            if (!File.Exists(path)) continue;
+            // A fatbin without code for this GPU (or from another toolkit) is not an error: NVRTC covers it.
+            if (CudaModuleHandle.TryLoad(_context, File.ReadAllBytes(path), out CudaModuleHandle? module) == CudaDriver.Success)
+            {
+                _origins[family] = $"fatbin {path}";
+                return module;
+            }
+        }
+        return null;
+    }
+
+    private static IEnumerable<string> FatbinFolders()
+    {
+        string? configured = Environment.GetEnvironmentVariable("LORAKERNELS_FATBIN_DIR");
+        if (!string.IsNullOrWhiteSpace(configured)) yield return configured;
+        yield return Path.Combine(AppContext.BaseDirectory, "kernels");
+        for (DirectoryInfo? folder = new(AppContext.BaseDirectory); folder is not null; folder = folder.Parent)
+        {
+            string candidate = Path.Combine(folder.FullName, "build", "native", "kernels");
+            if (Directory.Exists(candidate))
+            {
+                yield return candidate;
+                yield break;
+            }
+        }
+    }
+
+    private CudaModuleHandle? LoadCachedCubin(string family)
+    {
+        string? path = CachePath(family);
+        if (path is null) return null;
+        byte[]? cubin = TryReadVerified(path);
+        if (cubin is null) return null;
+        if (CudaModuleHandle.TryLoad(_context, cubin, out CudaModuleHandle? module) == CudaDriver.Success)
+        {
+            _origins[family] = $"disk cache {path}";
+            return module;
+        }
+        TryDelete(path);
+        return null;
+    }
+
+    /// <summary>The payload of a cache entry whose stored SHA-256 matches it; a corrupt entry is deleted and null returned.</summary>
+    internal static byte[]? TryReadVerified(string path)
+    {
+        byte[] entry;
+        try
+        {
+            if (!File.Exists(path)) return null;
+            entry = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+        if (entry.Length > HashBytes && SHA256.HashData(entry.AsSpan(HashBytes)).AsSpan().SequenceEqual(entry.AsSpan(0, HashBytes)))
+            return entry[HashBytes..];
+        TryDelete(path);
+        return null;
+    }
+
+    private CudaModuleHandle CompileAndCache(string family)
+    {
+        NvrtcResult compiled = NvrtcCompiler.Compile(family, _arch);
+        int result = CudaModuleHandle.TryLoad(_context, compiled.Cubin, out CudaModuleHandle? module);
+        if (result != CudaDriver.Success) throw Check.CudaError($"cuModuleLoadData of the NVRTC cubin of {family} for {_arch}", result);
+        _origins[family] = "nvrtc";
+        string? path = CachePath(family);
+        if (path is not null) TryWriteAtomically(path, compiled.Cubin);
+        return module!;
+    }
+
+    /// <summary>The cache file for a family on this architecture, or null when there is no cache folder.</summary>
+    internal string? CachePath(string family)
+    {
+        string? folder = CacheFolder();
+        return folder is null ? null : Path.Combine(folder, $"{family}-{_arch}-{CacheKey(family, _arch)}.cubin");
+    }
+
+    internal static string? CacheFolder()
+    {
+        string? configured = Environment.GetEnvironmentVariable("LORAKERNELS_CACHE_DIR");
+        if (!string.IsNullOrWhiteSpace(configured)) return configured;
+        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        return home.Length == 0 ? null : Path.Combine(home, ".cache", "lorakernels");
+    }
+
+    /// <summary>SHA-256 (hex) of everything that determines the cubin: sources, headers, options, architecture, NVRTC version.</summary>
+    internal static string CacheKey(string family, string arch)
+    {
+        var (major, minor) = NvrtcCompiler.Version;
+        var text = new StringBuilder();
+        text.Append("lorakernels-cubin-v1\n").Append(arch).Append('\n').Append(major).Append('.').Append(minor).Append('\n');
+        foreach (string option in NvrtcCompiler.Options(arch)) text.Append(option).Append('\n');
+        text.Append(family).Append(".cu\n").Append(KernelSources.Source(family)).Append('\0');
+        foreach (var header in KernelSources.Headers) text.Append(header.Key).Append('\n').Append(header.Value).Append('\0');
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())));
+    }
+
+    /// <summary>Writes hash + payload to a temporary file in the same folder, then renames it over the entry.
+    /// A cache that cannot be written is skipped: it only saves time.</summary>
+    internal static void TryWriteAtomically(string path, byte[] payload)
+    {
+        string temporary = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
+            {
+                stream.Write(SHA256.HashData(payload));
+                stream.Write(payload);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temporary, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            TryDelete(temporary);
+        }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Another process may hold or have replaced it; the next load verifies the entry again.
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            foreach (CudaModuleHandle module in _modules.Values) module.Dispose();
+            _modules.Clear();
+            _functions.Clear();
+        }
+    }
+}
