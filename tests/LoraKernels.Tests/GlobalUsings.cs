@@ -1,0 +1,4 @@
+global using LoraKernels;
+global using LoraKernels.Ops;
+global using LoraKernels.Tests.Support;
+global using NUnit.Framework;

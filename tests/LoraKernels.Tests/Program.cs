@@ -1,0 +1,24 @@
+using Microsoft.Testing.Platform.Builder;
+
+namespace LoraKernels.Tests;
+
+/// <summary>
+/// The test program's entry point. By default it runs the NUnit tests through
+/// Microsoft.Testing.Platform, as the generated entry point would (this is what `dotnet test`
+/// launches). With "benchmarks" as the first argument it runs the BenchmarkDotNet benchmarks with
+/// the remaining arguments instead, so the GPU bundle ships a single self-contained program whose
+/// one trimmed runtime serves both.
+/// </summary>
+internal static class Program
+{
+    public static async Task<int> Main(string[] args)
+    {
+        if (args.Length > 0 && args[0] == "benchmarks")
+            return LoraKernels.Benchmarks.BenchmarkProgram.Run(args[1..]);
+
+        ITestApplicationBuilder builder = await TestApplication.CreateBuilderAsync(args);
+        builder.AddSelfRegisteredExtensions(args);
+        using ITestApplication app = await builder.BuildAsync();
+        return await app.RunAsync();
+    }
+}
