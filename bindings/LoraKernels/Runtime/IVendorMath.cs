@@ -10,4 +10,11 @@ public interface IVendorMath
     /// <summary>C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, as <c>lk_cpu_sgemm</c>.</summary>
     void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha,
                ulong a, int lda, ulong b, int ldb, float beta, ulong c, int ldc);
+
+    /// <summary>
+    /// Thin SVD of the row-major A [m, n], k = min(m, n), as <c>lk_cpu_svd</c>: U [m, k], S [k]
+    /// descending, Vt [k, n] (row-major), A = U·diag(S)·Vt. A is not modified. Singular-vector
+    /// signs are the library's (not unique).
+    /// </summary>
+    void Svd(int m, int n, ulong a, ulong u, ulong s, ulong vt);
 }

@@ -1,0 +1,30 @@
+namespace LoraKernels.Tests.Nf4;
+
+/// <summary>
+/// The 4-bit ops and the SVD on a real GPU (kernels/nf4.cu through NVRTC, cuSOLVER), against the
+/// CPU kernels and the references, with the emulator's cases. Without a CUDA device each test is
+/// reported once as skipped, with the reason.
+/// </summary>
+[TestFixture]
+[Category("Cuda")]
+public sealed class CudaNf4Tests
+{
+    private static Device Cuda => Devices.CudaOrIgnore();
+
+    [SetUp]
+    public void RequireCuda() => _ = Cuda;
+
+    public static IEnumerable<TestCaseData> OpCases() => Devices.CudaCases("Nf4Ops", 1, Nf4OpsTests.Cases());
+
+    public static IEnumerable<TestCaseData> SvdCases() => Devices.CudaCases("Svd", 2,
+        new[] { (9, 9), (40, 13), (13, 40), (1, 7) }.Select(s => new TestCaseData(s.Item1, s.Item2).SetName($"Svd_{s.Item1}x{s.Item2}")));
+
+    [TestCaseSource(nameof(OpCases))]
+    public void MatmulAndForward(Nf4Case c) => Nf4OpsTests.CheckMatmulAndForward(c, Device.Cpu, Cuda);
+
+    [TestCaseSource(nameof(OpCases))]
+    public void Backward(Nf4Case c) => Nf4OpsTests.CheckBackward(c, Device.Cpu, Cuda);
+
+    [TestCaseSource(nameof(SvdCases))]
+    public void Svd(int m, int n) => LoftQTests.CheckSvd(Cuda, m, n);
+}
