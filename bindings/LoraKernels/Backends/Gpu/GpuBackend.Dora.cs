@@ -1,0 +1,92 @@
+// Launch code for kernels/dora.cu, composed with lora.cu's GEMMs as the kernel file's comment
+// describes: the weight norm from ‖W0‖², P = W0 Aᵀ and G = A Aᵀ (lk_lora_project run on W0 and on
+// A), the forward as the LoRA forward without bias followed by the column scale, the backward as
+// the magnitude gradient and dz = dy ⊙ g followed by the LoRA backward on dz.
+// tests/native/parity/dora_parity_test.cpp launches the kernels with the same geometry.
+using LoraKernels.Runtime;
+
+namespace LoraKernels.Backends.Gpu;
+
+internal sealed partial class GpuBackend
+{
+    internal const uint DoraThreads = 256;      // kDoraThreads
+    internal const int DoraRowsPerSqnormBlock = 8;  // kDoraWarps: one warp per W0 row
+    internal const int DoraGradColumns = 32;    // kGradColumns: magnitude_grad columns per block
+
+    public void DoraRowSquaredNorm(Tensor w0, Tensor sqnorm)
+    {
+        int outFeatures = checked((int)w0.Shape[0]), inFeatures = checked((int)w0.Shape[1]);
+        using var args = new KernelArguments().Pointer(w0.Address).Pointer(sqnorm.Address).Int(outFeatures).Int(inFeatures);
+        _device.Launch("lk_dora_row_sqnorm_" + KernelSuffix(w0.DType),
+                       new Dim3((uint)CeilDiv(outFeatures, DoraRowsPerSqnormBlock)), new Dim3(DoraThreads), 0, args);
+    }
+
+    public void DoraWeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
+    {
+        int outFeatures = checked((int)w0.Shape[0]), inFeatures = checked((int)w0.Shape[1]);
+        int rank = checked((int)a.Shape[0]);
+        string suffix = KernelSuffix(w0.DType);
+        using Tensor p = Tensor.Empty(w0.Device, DType.F32, outFeatures, rank);
+        using Tensor g = Tensor.Empty(w0.Device, DType.F32, rank, rank);
+        // lk_lora_project computes u = x Aᵀ; with x := W0 it is P = W0 Aᵀ, with x := A it is G = A Aᵀ.
+        using (var args = new KernelArguments()
+                   .Pointer(w0.Address).Pointer(a.Address).Pointer(p.Address)
+                   .Int(outFeatures).Int(inFeatures).Int(rank).Float(0f).ULong(0))
+            _device.Launch("lk_lora_project_" + suffix, LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
+        using (var args = new KernelArguments()
+                   .Pointer(a.Address).Pointer(a.Address).Pointer(g.Address)
+                   .Int(rank).Int(inFeatures).Int(rank).Float(0f).ULong(0))
+            _device.Launch("lk_lora_project_" + suffix, LoraTileGrid(rank, rank), new Dim3(LoraTileThreads), 0, args);
+        using var normArgs = new KernelArguments()
+            .Pointer(w0SquaredNorm.Address).Pointer(p.Address).Pointer(g.Address).Pointer(b.Address).Pointer(norm.Address)
+            .Int(outFeatures).Int(rank).Float(scale);
+        _device.Launch("lk_dora_weight_norm_" + suffix, new Dim3((uint)CeilDiv(outFeatures, DoraThreads)),
+                       new Dim3(DoraThreads), 0, normArgs);
+    }
+
+    public void DoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
+                            Tensor y, Tensor u, Tensor? z)
+    {
+        // z = x W0ᵀ + scale·u Bᵀ (into y itself when z is not kept), then y = g ⊙ z + bias in place or from z.
+        Tensor preScale = z ?? y;
+        LoraForward(x, w0, null, a, b, scale, 0f, 0, preScale, u);
+        int outFeatures = checked((int)w0.Shape[0]);
+        int tokens = checked((int)(x.ElementCount / w0.Shape[1]));
+        using var args = new KernelArguments()
+            .Pointer(preScale.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(bias?.Address ?? 0)
+            .Pointer(y.Address).Int(tokens).Int(outFeatures);
+        LaunchElementwise("lk_dora_scale_columns_" + KernelSuffix(x.DType), (long)tokens * outFeatures, args);
+    }
+
+    public void DoraBackward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
+                             Tensor magnitude, Tensor norm, Tensor? dx, Tensor? dA, Tensor? dB, Tensor? dMagnitude)
+    {
+        int outFeatures = checked((int)w0.Shape[0]);
+        int tokens = checked((int)(x.ElementCount / w0.Shape[1]));
+        string suffix = KernelSuffix(x.DType);
+        if (dMagnitude is not null)
+        {
+            using var args = new KernelArguments()
+                .Pointer(dy.Address).Pointer(z.Address).Pointer(norm.Address).Pointer(dMagnitude.Address)
+                .Int(tokens).Int(outFeatures);
+            _device.Launch("lk_dora_magnitude_grad_" + suffix, new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
+                           new Dim3(DoraThreads), 0, args);
+        }
+        if (dx is null && dA is null && dB is null) return;
+        using Tensor dz = Tensor.Empty(x.Device, x.DType, tokens, outFeatures);
+        using (var args = new KernelArguments()
+                   .Pointer(dy.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(dz.Address)
+                   .Int(tokens).Int(outFeatures))
+            LaunchElementwise("lk_dora_scale_grad_" + suffix, (long)tokens * outFeatures, args);
+        LoraBackward(x, w0, a, b, u, dz, scale, 0f, 0, dx, dA, dB);
+    }
+
+    public void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
+    {
+        int outFeatures = checked((int)w.Shape[0]), inFeatures = checked((int)w.Shape[1]);
+        using var args = new KernelArguments()
+            .Pointer(w.Address).Pointer(magnitude.Address).Pointer(norm.Address)
+            .Int(outFeatures).Int(inFeatures).Int(invert ? 1 : 0);
+        LaunchElementwise("lk_dora_scale_rows_" + KernelSuffix(w.DType), (long)outFeatures * inFeatures, args);
+    }
+}

@@ -1,0 +1,25 @@
+namespace LoraKernels.Backends;
+
+/// <summary>
+/// DoRA ops (kernels/dora.cu, native/cpu/dora.cpp), checked by <see cref="Ops.Dora"/> before the call.
+/// The weight norm, ‖w‖² and the intermediates u are F32; magnitude, z and the gradients share x's dtype.
+/// </summary>
+internal partial interface IBackend
+{
+    /// <summary>sqnorm [out] (F32) = Σ_k W0[i,k]².</summary>
+    void DoraRowSquaredNorm(Tensor w0, Tensor sqnorm);
+
+    /// <summary>norm [out] (F32) = ‖W0 + scale·B·A‖_row from ‖W0‖² without forming B·A.</summary>
+    void DoraWeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm);
+
+    /// <summary>u = x Aᵀ (F32), z = x W0ᵀ + scale·u Bᵀ (written when not null), y = (m / norm) ⊙ z + bias.</summary>
+    void DoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
+                     Tensor y, Tensor u, Tensor? z);
+
+    /// <summary>dm = Σ_t dy ⊙ z / norm; dz = dy ⊙ m / norm, then the LoRA backward on dz; null outputs are skipped.</summary>
+    void DoraBackward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
+                      Tensor magnitude, Tensor norm, Tensor? dx, Tensor? dA, Tensor? dB, Tensor? dMagnitude);
+
+    /// <summary>w[i, :] *= m_i / norm_i, or norm_i / m_i when <paramref name="invert"/>.</summary>
+    void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert);
+}

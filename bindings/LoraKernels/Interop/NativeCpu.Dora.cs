@@ -1,0 +1,29 @@
+// libloraknl_cpu: the DoRA exports (native/include/lora_kernels_dora.h).
+using System.Runtime.InteropServices;
+
+namespace LoraKernels.Interop;
+
+internal static unsafe partial class NativeCpu
+{
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_row_sqnorm(long outFeatures, long inFeatures, float* w0, float* sqnorm);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_weight_norm(long outFeatures, long inFeatures, long r, float* w0, float* w0Sqnorm,
+                                                      float* a, float* b, float scale, float* norm);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_forward(long m, long inFeatures, long outFeatures, long r, float* x, float* w0,
+                                                  float* bias, float* a, float* b, float scale, float* magnitude,
+                                                  float* norm, float* y, float* u, float* z);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_backward(long m, long inFeatures, long outFeatures, long r, float* x, float* w0,
+                                                   float* a, float* b, float* u, float* z, float* dy, float scale,
+                                                   float* magnitude, float* norm, float* dx, float* dA, float* dB,
+                                                   float* dMagnitude);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_scale_rows(long outFeatures, long inFeatures, float* w, float* magnitude,
+                                                     float* norm, int invert);
+}

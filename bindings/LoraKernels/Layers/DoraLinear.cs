@@ -1,0 +1,222 @@
+// A linear layer with a DoRA adapter, as PEFT's lora.Linear with use_dora=True (REFERENCE.md §2):
+//   y = bias + (m / n) ⊙ (x W0ᵀ + s·(x Aᵀ) Bᵀ),   n = ‖W0 + s·B·A‖_row (detached),
+// s = alpha/r (or alpha/sqrt(r) with rsLoRA). A and B are initialised as LoraLinear's (A
+// U(±1/sqrt(in)) from SplitMix64(seed), B = 0) and the magnitude m [out] as PEFT's,
+// m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base layer. ‖W0‖²_row is
+// computed once (W0 is frozen) and every forward derives n from it without forming B·A.
+// Dropout: PEFT's DoRA with dropout p > 0 in training adds (g - 1) ⊙ (dropout(x) W0ᵀ), a second
+// full base product; it is not implemented, so a training forward with Dropout > 0 throws
+// NotSupportedException (eval mode ignores dropout, as PEFT does, so a layer configured with
+// dropout > 0 still runs for inference). Merge folds the adapter as PEFT does,
+// W0 ← (m/n) ⊙ (W0 + s·B·A), keeping n for Unmerge; while merged the layer computes x W0ᵀ + bias.
+using LoraKernels.Autograd;
+
+namespace LoraKernels.Layers;
+
+public sealed class DoraLinear : IAdapterLayer
+{
+    private readonly Tensor _w0RowSquaredNorm;
+    private Tensor? _mergedNorm;
+    private bool _disposed;
+
+    /// <summary>
+    /// Wraps the base weight <paramref name="w0"/> [out, in] (and <paramref name="bias"/> [out]),
+    /// copied to <paramref name="device"/> in <paramref name="dtype"/>; the caller keeps its tensors.
+    /// </summary>
+    public DoraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
+                      bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
+    {
+        const string op = "DoraLinear";
+        ArgumentNullException.ThrowIfNull(device);
+        Ops.Checks.Alive(w0, op, nameof(w0));
+        (long outFeatures, long inFeatures) = Ops.Checks.Matrix(op, nameof(w0), w0, "out, in");
+        if (bias is not null)
+        {
+            Ops.Checks.Alive(bias, op, nameof(bias));
+            if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
+                throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
+        }
+        if (r < 1) throw new ArgumentOutOfRangeException(nameof(r), r, $"{op}: the rank r must be >= 1.");
+        if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, $"{op}: alpha must be finite.");
+        Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
+        if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
+            throw new ArgumentException($"{op}: w0 is {w0.Describe()}; in and out must fit in 32 bits.", nameof(w0));
+
+        Device = device;
+        DType = dtype;
+        InFeatures = (int)inFeatures;
+        OutFeatures = (int)outFeatures;
+        Rank = r;
+        Alpha = alpha;
+        Dropout = dropout;
+        UseRsLora = useRsLora;
+        Scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
+
+        var created = new List<IDisposable>();
+        try
+        {
+            W0 = CopyTo(w0, device, dtype);
+            created.Add(W0);
+            if (bias is not null)
+            {
+                Bias = CopyTo(bias, device, dtype);
+                created.Add(Bias);
+            }
+            A = new Parameter("lora_A", Tensor.FromArray(device, LoraLinear.InitialA(seed, r, InFeatures), dtype, r, InFeatures));
+            created.Add(A);
+            B = new Parameter("lora_B", Tensor.Zeros(device, dtype, OutFeatures, r));
+            created.Add(B);
+            _w0RowSquaredNorm = Ops.Dora.RowSquaredNorm(W0);
+            created.Add(_w0RowSquaredNorm);
+            using Tensor initialNorm = WeightNorm();
+            Magnitude = new Parameter("lora_magnitude_vector", CopyTo(initialNorm, device, dtype));
+        }
+        catch
+        {
+            foreach (IDisposable item in created) item.Dispose();
+            throw;
+        }
+    }
+
+    public Device Device { get; }
+    public DType DType { get; }
+    public int InFeatures { get; }
+    public int OutFeatures { get; }
+    public int Rank { get; }
+    public float Alpha { get; }
+    public float Dropout { get; }
+    public bool UseRsLora { get; }
+
+    /// <summary>s = alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
+    public float Scale { get; }
+
+    /// <summary>lora_A [r, in].</summary>
+    public Parameter A { get; }
+
+    /// <summary>lora_B [out, r].</summary>
+    public Parameter B { get; }
+
+    /// <summary>lora_magnitude_vector [out] (the layer's dtype), initialised to ‖W0‖_row.</summary>
+    public Parameter Magnitude { get; }
+
+    /// <summary>The frozen base weight [out, in] (holding (m/n)·(W0 + s·B·A) while merged).</summary>
+    public Tensor W0 { get; }
+
+    /// <summary>The frozen base bias [out], or null.</summary>
+    public Tensor? Bias { get; }
+
+    /// <summary>PyTorch's module.training; true for a new layer. With Dropout &gt; 0 only eval (false) can run.</summary>
+    public bool Training { get; set; } = true;
+
+    public bool Merged { get; private set; }
+
+    /// <summary>Records the layer on <paramref name="tape"/> (see <see cref="Tape.Dora"/>).</summary>
+    public Variable Forward(Tape tape, Variable x)
+    {
+        ArgumentNullException.ThrowIfNull(tape);
+        ThrowIfDisposed();
+        return tape.Dora(this, x);
+    }
+
+    /// <summary>y [M, out] for x [M, in] without recording gradients.</summary>
+    /// <exception cref="NotSupportedException">Training with Dropout &gt; 0 (set Training = false for inference).</exception>
+    public Tensor Forward(Tensor x)
+    {
+        ThrowIfDisposed();
+        if (Merged)
+        {
+            // W0 already holds the scaled merged weight: a zero scale leaves x W0ᵀ + bias.
+            var (merged, unusedU) = Ops.Lora.Forward(x, W0, Bias, A.Value, B.Value, 0f);
+            unusedU.Dispose();
+            return merged;
+        }
+        ThrowIfDropoutActive();
+        using Tensor norm = WeightNorm();
+        var (y, u, _) = Ops.Dora.Forward(x, W0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false);
+        u.Dispose();
+        return y;
+    }
+
+    /// <summary>n = ‖W0 + s·B·A‖_row (F32 [out]) for the current A and B, from the cached ‖W0‖²_row.</summary>
+    public Tensor WeightNorm()
+    {
+        ThrowIfDisposed();
+        if (Merged) throw new InvalidOperationException("The DoraLinear layer is merged; its weight norm is that of the unmerged W0 (call Unmerge).");
+        return Ops.Dora.WeightNorm(W0, A.Value, B.Value, Scale, _w0RowSquaredNorm);
+    }
+
+    /// <summary>W0 ← (m/n) ⊙ (W0 + s·B·A) (PEFT merge), n kept for Unmerge. Does nothing when already merged.</summary>
+    public void Merge()
+    {
+        ThrowIfDisposed();
+        if (Merged) return;
+        Tensor norm = WeightNorm();
+        try
+        {
+            Ops.Dora.Merge(W0, A.Value, B.Value, Magnitude.Value, norm, Scale);
+        }
+        catch
+        {
+            norm.Dispose();
+            throw;
+        }
+        _mergedNorm = norm;
+        Merged = true;
+    }
+
+    /// <summary>W0 ← W0 / (m/n) - s·B·A with the norm kept by Merge (exact up to rounding). Does nothing when not merged.</summary>
+    public void Unmerge()
+    {
+        ThrowIfDisposed();
+        if (!Merged) return;
+        Ops.Dora.Unmerge(W0, A.Value, B.Value, Magnitude.Value, _mergedNorm!, Scale);
+        _mergedNorm!.Dispose();
+        _mergedNorm = null;
+        Merged = false;
+    }
+
+    /// <summary>The trainable parameters: A, B, then the magnitude.</summary>
+    public IEnumerable<Parameter> Parameters()
+    {
+        yield return A;
+        yield return B;
+        yield return Magnitude;
+    }
+
+    internal void ThrowIfDropoutActive()
+    {
+        if (Training && Dropout > 0f)
+            throw new NotSupportedException(
+                $"DoraLinear: dropout {Dropout} in training is not supported (PEFT's DoRA dropout path needs a second base product); " +
+                "use dropout 0 or set Training = false for inference.");
+    }
+
+    private static Tensor CopyTo(Tensor source, Device device, DType dtype)
+    {
+        Tensor moved = source.To(device);
+        if (moved.DType == dtype) return moved;
+        try
+        {
+            return Ops.Elementwise.Cast(moved, dtype);
+        }
+        finally
+        {
+            moved.Dispose();
+        }
+    }
+
+    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        A.Dispose();
+        B.Dispose();
+        Magnitude.Dispose();
+        W0.Dispose();
+        Bias?.Dispose();
+        _w0RowSquaredNorm.Dispose();
+        _mergedNorm?.Dispose();
+    }
+}

@@ -1,0 +1,461 @@
+using LoraKernels.Autograd;
+using LoraKernels.Layers;
+
+namespace LoraKernels.Tests.Dora;
+
+/// <summary>
+/// Ops.Dora and DoraLinear on each host device against <see cref="DoraReference"/>: the weight norm
+/// against the materialised double norm (random and near-cancelling rows, F32 and BF16), the forward
+/// and backward, gradients of a loss through the layer by central finite differences (norm
+/// detached in the reference too), merge/unmerge, and bad input.
+/// Tolerances: <see cref="Tolerance.Bounds"/> with K the longest fp32 chain, plus for BF16 one
+/// 2⁻⁸·Σ|terms| for the intermediate the emulated GPU path stores in bf16 (z before the column
+/// scale, dz before the LoRA backward) where the CPU path keeps fp32; the norm's formula is
+/// <see cref="DoraReference.NormBounds"/>.
+/// </summary>
+[TestFixture(DeviceKind.Cpu)]
+[TestFixture(DeviceKind.Simt)]
+public sealed class DoraTests(DeviceKind kind)
+{
+    private Device Device => kind == DeviceKind.Cpu ? Device.Cpu : Device.Simt;
+
+    internal static double[] Bounds(double[] reference, double[] abs, int chain, DType dtype, bool bf16Intermediate)
+    {
+        double[] bounds = Tolerance.Bounds(reference, abs, chain, dtype);
+        if (dtype == DType.BF16 && bf16Intermediate)
+            for (int i = 0; i < bounds.Length; i++) bounds[i] += Tolerance.Bf16Rounding * abs[i];
+        return bounds;
+    }
+
+    [TestCase(DType.F32, 1, 1, 1)]
+    [TestCase(DType.F32, 13, 67, 5)]
+    [TestCase(DType.F32, 40, 130, 16)]
+    [TestCase(DType.BF16, 13, 67, 5)]
+    [TestCase(DType.BF16, 40, 130, 16)]
+    public void WeightNormMatchesMaterialisedNorm(DType dtype, int outFeatures, int inFeatures, int r)
+    {
+        var data = new TestData(TestData.SeedFor($"dora-norm{dtype}{outFeatures}x{inFeatures}x{r}"));
+        const float scale = 1.25f;
+        float[] a = data.NonZero(r * inFeatures, 1f, dtype), b = data.NonZero(outFeatures * r, 1f, dtype);
+        float[] w0 = data.NonZero(outFeatures * inFeatures, 1f);
+        float[] noise = data.NonZero(outFeatures * inFeatures, 1f);
+        foreach (bool cancel in new[] { false, true })
+        {
+            // Rows 0 (mod 3): W0 = -s·B·A·(1 + δ·noise), δ = 0 on row 0 (cancels up to W0's rounding), 1 % elsewhere.
+            if (cancel)
+                for (int i = 0; i < outFeatures; i += 3)
+                    for (int k = 0; k < inFeatures; k++)
+                    {
+                        double ba = 0;
+                        for (int t = 0; t < r; t++) ba += (double)b[i * r + t] * a[t * inFeatures + k];
+                        w0[i * inFeatures + k] = (float)(-scale * ba * (1 + (i == 0 ? 0 : 0.01) * noise[i * inFeatures + k]));
+                    }
+            float[] w0Rounded = Reference.RoundTo(dtype, w0);
+            using Tensor w0Tensor = Tensor.FromArray(Device, w0Rounded, dtype, outFeatures, inFeatures);
+            using Tensor aTensor = Tensor.FromArray(Device, a, dtype, r, inFeatures);
+            using Tensor bTensor = Tensor.FromArray(Device, b, dtype, outFeatures, r);
+            using Tensor norm = Ops.Dora.WeightNorm(w0Tensor, aTensor, bTensor, scale);
+            using Tensor sqnorm = Ops.Dora.RowSquaredNorm(w0Tensor);
+            using Tensor normFromCache = Ops.Dora.WeightNorm(w0Tensor, aTensor, bTensor, scale, sqnorm);
+
+            var (reference, magnitude) = DoraReference.WeightNorm(outFeatures, inFeatures, r, w0Rounded, a, b, scale);
+            Assert.That(norm.DType, Is.EqualTo(DType.F32));
+            float[] got = norm.ToArray();
+            Assert.That(got.All(v => float.IsFinite(v) && v >= 0f), Is.True, "norms are finite and >= 0 (the clamp)");
+            Expect.Close($"norm{(cancel ? " (cancelling rows)" : "")}", got, reference, DoraReference.NormBounds(reference, magnitude, inFeatures, r));
+            Expect.Exact("norm from the cached ‖W0‖²", normFromCache.ToArray(), got);
+            if (!cancel) Expect.NotVacuous("norm", reference);
+        }
+    }
+
+    [TestCase(DType.F32, 1, 1, 1, 1)]
+    [TestCase(DType.F32, 7, 33, 13, 4)]
+    [TestCase(DType.F32, 20, 67, 70, 8)]
+    [TestCase(DType.BF16, 7, 33, 13, 4)]
+    [TestCase(DType.BF16, 20, 67, 70, 8)]
+    public void ForwardAndBackwardMatchReference(DType dtype, int m, int inFeatures, int outFeatures, int r)
+    {
+        var data = new TestData(TestData.SeedFor($"dora-step{dtype}{m}x{inFeatures}x{outFeatures}x{r}"));
+        const float scale = 0.75f;
+        float[] x = data.NonZero(m * inFeatures, 1f, dtype), w0 = data.NonZero(outFeatures * inFeatures, 1f, dtype);
+        float[] bias = data.NonZero(outFeatures, 1f, dtype), a = data.NonZero(r * inFeatures, 1f, dtype);
+        float[] b = data.NonZero(outFeatures * r, 1f, dtype), dy = data.NonZero(m * outFeatures, 1f, dtype);
+        float[] magnitude = Reference.RoundTo(dtype, Array.ConvertAll(data.NonZero(outFeatures, 1f), v => Math.Abs(v) + 0.5f));
+        float[] norm = Array.ConvertAll(data.NonZero(outFeatures, 1f), v => Math.Abs(v) + 0.5f);
+
+        using Tensor xT = Tensor.FromArray(Device, x, dtype, m, inFeatures), w0T = Tensor.FromArray(Device, w0, dtype, outFeatures, inFeatures);
+        using Tensor biasT = Tensor.FromArray(Device, bias, dtype, outFeatures), aT = Tensor.FromArray(Device, a, dtype, r, inFeatures);
+        using Tensor bT = Tensor.FromArray(Device, b, dtype, outFeatures, r), dyT = Tensor.FromArray(Device, dy, dtype, m, outFeatures);
+        using Tensor mT = Tensor.FromArray(Device, magnitude, dtype, outFeatures), nT = Tensor.FromArray(Device, norm, outFeatures);
+
+        var reference = DoraReference.Run(m, inFeatures, outFeatures, r, x, w0, bias, a, b, scale, magnitude, norm, dy);
+        var abs = DoraReference.Run(m, inFeatures, outFeatures, r, x, w0, bias, a, b, scale, magnitude, norm, dy, abs: true);
+
+        var (y, u, z) = Ops.Dora.Forward(xT, w0T, biasT, aT, bT, mT, nT, scale);
+        using (y)
+        using (u)
+        using (z)
+        {
+            Expect.NotVacuous("y", reference.Y);
+            Expect.Close("u", u.ToArray(), reference.U, Tolerance.Bounds(reference.U, abs.U, inFeatures, DType.F32));
+            Expect.Close("z", z!.ToArray(), reference.Z, Tolerance.Bounds(reference.Z, abs.Z, inFeatures + r + 1, dtype));
+            Expect.Close("y", y.ToArray(), reference.Y, Bounds(reference.Y, abs.Y, inFeatures + r + 3, dtype, bf16Intermediate: true));
+
+            var (yOnly, uOnly, noZ) = Ops.Dora.Forward(xT, w0T, biasT, aT, bT, mT, nT, scale, keepZ: false);
+            using (yOnly)
+            using (uOnly)
+            {
+                Assert.That(noZ, Is.Null, "keepZ: false returns no z");
+                Expect.Exact("y without z", yOnly.ToArray(), y.ToArray());
+            }
+
+            // The backward from the reference's own z and u rounded as the device stores them, so it is tested alone.
+            using Tensor zIn = Tensor.FromArray(Device, Reference.RoundTo(dtype, Array.ConvertAll(reference.Z, v => (float)v)), dtype, m, outFeatures);
+            using Tensor uIn = Tensor.FromArray(Device, Array.ConvertAll(reference.U, v => (float)v), m, r);
+            var step = reference;
+            double[] dmFromStoredZ = new double[outFeatures];
+            float[] zStored = zIn.ToArray();
+            for (int t = 0; t < m; t++)
+                for (int o = 0; o < outFeatures; o++) dmFromStoredZ[o] += (double)dy[t * outFeatures + o] * zStored[t * outFeatures + o] / norm[o];
+            var (dx, dA, dB, dm) = Ops.Dora.Backward(xT, w0T, aT, bT, mT, nT, uIn, zIn, dyT, scale);
+            using (dx)
+            using (dA)
+            using (dB)
+            using (dm)
+            {
+                Expect.NotVacuous("dx", step.Dx);
+                Expect.Close("dm", dm!.ToArray(), dmFromStoredZ, Tolerance.Bounds(dmFromStoredZ, abs.DM, m + 1, dtype));
+                Expect.Close("dx", dx!.ToArray(), step.Dx, Bounds(step.Dx, abs.Dx, outFeatures + r + 2, dtype, bf16Intermediate: true));
+                // dA and dB use u: the fp32-rounded u adds one rounding per term (inside K's margin).
+                Expect.Close("dA", dA!.ToArray(), step.DA, Bounds(step.DA, abs.DA, m + outFeatures + 2, dtype, bf16Intermediate: true));
+                Expect.Close("dB", dB!.ToArray(), step.DB, Bounds(step.DB, abs.DB, m + inFeatures + 2, dtype, bf16Intermediate: true));
+            }
+        }
+    }
+
+    [TestCase(7, 33, 13, 4)]
+    [TestCase(1, 20, 9, 2)]
+    public void GradientsMatchFiniteDifferencesWithTheNormDetached(int m, int inFeatures, int outFeatures, int r)
+    {
+        var data = new TestData(TestData.SeedFor($"dora-grad{m}x{inFeatures}x{outFeatures}x{r}"));
+        float[] w0 = data.NonZero(outFeatures * inFeatures, 1f / MathF.Sqrt(inFeatures));
+        float[] biasValues = data.NonZero(outFeatures, 0.5f);
+        float[] xValues = data.NonZero(m * inFeatures);
+        float[] target = data.NonZero(m * outFeatures);
+        float[] bValues = data.NonZero(outFeatures * r, 1f / MathF.Sqrt(r));
+        float[] mValues = Array.ConvertAll(data.NonZero(outFeatures), v => Math.Abs(v) + 0.5f);
+
+        using Tensor w0Tensor = Tensor.FromArray(Device.Cpu, w0, outFeatures, inFeatures);
+        using Tensor biasTensor = Tensor.FromArray(Device.Cpu, biasValues, outFeatures);
+        using var layer = new DoraLinear(Device, w0Tensor, biasTensor, r, alpha: 2f * r, seed: 5);
+        layer.B.Value.CopyFrom(bValues);
+        layer.Magnitude.Value.CopyFrom(mValues);
+        float[] aValues = layer.A.Value.ToArray();
+        double scale = layer.Scale;
+
+        using Tensor x = Tensor.FromArray(Device, xValues, m, inFeatures);
+        using Tensor targetTensor = Tensor.FromArray(Device, target, m, outFeatures);
+        using var tape = new Tape();
+        var input = new Variable(x, requiresGrad: true);
+        float loss = tape.MseLoss(layer.Forward(tape, input), targetTensor);
+        tape.Backward();
+
+        double[] xd = Array.ConvertAll(xValues, v => (double)v), ad = Array.ConvertAll(aValues, v => (double)v);
+        double[] bd = Array.ConvertAll(bValues, v => (double)v), md = Array.ConvertAll(mValues, v => (double)v);
+        // The norm is detached: fixed at the base point's A and B while any parameter moves.
+        var (norm0, _) = DoraReference.WeightNorm(outFeatures, inFeatures, r, w0, aValues, bValues, scale);
+
+        double Loss()
+        {
+            double sum = 0;
+            for (int row = 0; row < m; row++)
+            {
+                var u = new double[r];
+                for (int j = 0; j < r; j++)
+                    for (int k = 0; k < inFeatures; k++) u[j] += xd[row * inFeatures + k] * ad[j * inFeatures + k];
+                for (int o = 0; o < outFeatures; o++)
+                {
+                    double zo = 0;
+                    for (int k = 0; k < inFeatures; k++) zo += xd[row * inFeatures + k] * w0[o * inFeatures + k];
+                    for (int j = 0; j < r; j++) zo += scale * u[j] * bd[o * r + j];
+                    double d = md[o] / norm0[o] * zo + biasValues[o] - target[row * outFeatures + o];
+                    sum += d * d;
+                }
+            }
+            return sum / (m * outFeatures);
+        }
+
+        double exactLoss = Loss();
+        Assert.That(loss, Is.EqualTo(exactLoss).Within(1e-5 * Math.Abs(exactLoss) + 1e-6), "loss");
+
+        // The loss is quadratic in each single parameter, so a central difference in double is exact up to
+        // cancellation, O(ε_double·L/h) ≈ 1e-12. The bound is the fp32 kernels' own, 1e-6 + 2K·2⁻²⁴·Σ|terms|,
+        // with Σ|terms| ≤ 8·max|g| for these O(1) inputs; K adds in for the fp32 norm's relative error.
+        void Check(string what, double[] parameter, float[] gradient, int reduction)
+        {
+            const double h = 1e-4;
+            var numeric = new double[parameter.Length];
+            for (int i = 0; i < parameter.Length; i++)
+            {
+                double saved = parameter[i];
+                parameter[i] = saved + h;
+                double plus = Loss();
+                parameter[i] = saved - h;
+                double minus = Loss();
+                parameter[i] = saved;
+                numeric[i] = (plus - minus) / (2 * h);
+            }
+            Expect.NotVacuous($"{what} numeric", numeric);
+            double bound = 1e-6 + 2 * reduction * Tolerance.Fp32Unit * numeric.Max(Math.Abs) * 8;
+            Expect.Close(what, gradient, numeric, Enumerable.Repeat(bound, numeric.Length).ToArray());
+        }
+
+        int chain = 2 * (2 * inFeatures + outFeatures + r + m);
+        Check("dx", xd, input.Grad!.ToArray(), chain);
+        Check("dA", ad, layer.A.Grad!.ToArray(), chain);
+        Check("dB", bd, layer.B.Grad!.ToArray(), chain);
+        Check("dm", md, layer.Magnitude.Grad!.ToArray(), chain);
+    }
+
+    [TestCase(DType.F32)]
+    [TestCase(DType.BF16)]
+    public void NewLayerIsTheBaseLayerAndMergeUnmergeRoundTrips(DType dtype)
+    {
+        const int m = 5, inFeatures = 37, outFeatures = 11, r = 3;
+        var data = new TestData(TestData.SeedFor($"dora-merge{dtype}"));
+        float[] w0 = data.NonZero(outFeatures * inFeatures, 1f, dtype), bias = data.NonZero(outFeatures, 1f, dtype);
+        float[] xValues = data.NonZero(m * inFeatures, 1f, dtype);
+        using Tensor w0Tensor = Tensor.FromArray(Device.Cpu, w0, dtype, outFeatures, inFeatures);
+        using Tensor biasTensor = Tensor.FromArray(Device.Cpu, bias, dtype, outFeatures);
+        using var layer = new DoraLinear(Device, w0Tensor, biasTensor, r, alpha: 6f, seed: 3, dtype: dtype);
+        using Tensor x = Tensor.FromArray(Device, xValues, dtype, m, inFeatures);
+
+        // m0 = ‖W0‖_row, so with B = 0 the layer is the base layer: y = x W0ᵀ + bias.
+        var (norm0, _) = DoraReference.WeightNorm(outFeatures, inFeatures, 0, w0, [], [], 0);
+        Expect.Close("m0", layer.Magnitude.Value.ToArray(), norm0,
+                     Array.ConvertAll(norm0, n => Tolerance.Atol + 2 * inFeatures * Tolerance.Fp32Unit * n + Tolerance.OutputRounding(dtype) * n));
+        var baseRef = DoraReference.Run(m, inFeatures, outFeatures, 1, xValues, w0, bias, new float[inFeatures], new float[outFeatures], 0,
+                                        Enumerable.Repeat(1f, outFeatures).ToArray(), Enumerable.Repeat(1f, outFeatures).ToArray(), new float[m * outFeatures]);
+        var baseAbs = DoraReference.Run(m, inFeatures, outFeatures, 1, xValues, w0, bias, new float[inFeatures], new float[outFeatures], 0,
+                                        Enumerable.Repeat(1f, outFeatures).ToArray(), Enumerable.Repeat(1f, outFeatures).ToArray(), new float[m * outFeatures], abs: true);
+        layer.Training = false;
+        using (Tensor y0 = layer.Forward(x))
+            Expect.Close("new layer = base layer", y0.ToArray(), baseRef.Y,
+                         Bounds(baseRef.Y, baseAbs.Y, inFeatures + 3, dtype, bf16Intermediate: true));
+
+        // A trained-looking adapter, then merge: the merged layer computes the same y, and unmerge restores W0.
+        float[] bValues = data.NonZero(outFeatures * r, 0.5f, dtype);
+        float[] mValues = Reference.RoundTo(dtype, Array.ConvertAll(data.NonZero(outFeatures, 1f), v => Math.Abs(v) + 2f));
+        layer.B.Value.CopyFrom(bValues);
+        layer.Magnitude.Value.CopyFrom(mValues);
+        float[] aValues = layer.A.Value.ToArray();
+        var (norm, _) = DoraReference.WeightNorm(outFeatures, inFeatures, r, w0, aValues, bValues, layer.Scale);
+        float[] normValues = Array.ConvertAll(norm, v => (float)v);
+        var reference = DoraReference.Run(m, inFeatures, outFeatures, r, xValues, w0, bias, aValues, bValues, layer.Scale, mValues,
+                                          normValues, new float[m * outFeatures]);
+        var abs = DoraReference.Run(m, inFeatures, outFeatures, r, xValues, w0, bias, aValues, bValues, layer.Scale, mValues,
+                                    normValues, new float[m * outFeatures], abs: true);
+        // K also covers the fp32 norm's relative error (in + 2r); merged, W = (m/n)(W0 + sBA) is stored in
+        // the dtype, one more rounding of every term: 2⁻⁸·Σ|terms| for BF16.
+        double[] yBounds = Bounds(reference.Y, abs.Y, 2 * inFeatures + 2 * r + 4, dtype, bf16Intermediate: true);
+        using (Tensor yUnmerged = layer.Forward(x))
+            Expect.Close("unmerged y", yUnmerged.ToArray(), reference.Y, yBounds);
+        layer.Merge();
+        Assert.That(layer.Merged, Is.True);
+        using (Tensor yMerged = layer.Forward(x))
+            Expect.Close("merged y", yMerged.ToArray(), reference.Y,
+                         Bounds(reference.Y, abs.Y, 2 * inFeatures + 2 * r + 4, dtype, bf16Intermediate: true).Select((v, i) => v + Tolerance.OutputRounding(dtype) * abs.Y[i]).ToArray());
+        using (var tape = new Tape())
+            Assert.Throws<InvalidOperationException>(() => layer.Forward(tape, new Variable(x)));
+        layer.Unmerge();
+        Assert.That(layer.Merged, Is.False);
+        // Merge then unmerge round W four times (W0 + sBA, ·m/n, ·n/m, - sBA), each by at most
+        // (2⁻²⁴·(r + 2) + εout)·(|W0| + s·Σ|B||A|)·max(m/n, n/m) with m/n in [0.5, 2] here.
+        var wBounds = new double[outFeatures * inFeatures];
+        for (int i = 0; i < outFeatures; i++)
+            for (int k = 0; k < inFeatures; k++)
+            {
+                double terms = Math.Abs(w0[i * inFeatures + k]);
+                for (int t = 0; t < r; t++) terms += Math.Abs(layer.Scale * bValues[i * r + t] * aValues[t * inFeatures + k]);
+                wBounds[i * inFeatures + k] = Tolerance.Atol + 4 * 2 * (Tolerance.Fp32Unit * (r + 2) + Tolerance.OutputRounding(dtype)) * terms;
+            }
+        float[] g = mValues.Select((v, i) => v / normValues[i]).ToArray();
+        Assert.That(g.All(v => v is > 0.5f and < 2f), Is.True, "m/n in [0.5, 2], as the bound assumes");
+        Expect.Close("unmerged W0", layer.W0.ToArray(), Array.ConvertAll(w0, v => (double)v), wBounds);
+    }
+
+    [Test]
+    public void TrainingStepMergeAndDisposeLeaveNothingAllocated()
+    {
+        const int m = 4, inFeatures = 24, outFeatures = 10, r = 3;
+        var data = new TestData(23);
+        Device device = Device;
+        long before = device.LiveAllocations;
+        using (Tensor w0 = Tensor.FromArray(Device.Cpu, data.NonZero(outFeatures * inFeatures), outFeatures, inFeatures))
+        using (Tensor bias = Tensor.FromArray(Device.Cpu, data.NonZero(outFeatures), outFeatures))
+        using (Tensor x = Tensor.FromArray(device, data.NonZero(m * inFeatures), m, inFeatures))
+        using (Tensor target = Tensor.FromArray(device, data.NonZero(m * outFeatures), m, outFeatures))
+        using (var layer = new DoraLinear(device, w0, bias, r, alpha: 8f))
+        {
+            for (int step = 0; step < 2; step++)
+            {
+                using var tape = new Tape();
+                tape.MseLoss(layer.Forward(tape, new Variable(x, requiresGrad: true)), target);
+                tape.Backward();
+            }
+            Assert.That(layer.Parameters().All(p => p.Grad is not null), Is.True, "A, B and the magnitude received gradients");
+            layer.Merge();
+            layer.Unmerge();
+        }
+        Assert.That(device.LiveAllocations, Is.EqualTo(before), "live allocations after disposing the layer and its tensors");
+    }
+
+    [Test]
+    public void BadInputIsRejected()
+    {
+        const int m = 3, inFeatures = 8, outFeatures = 5, r = 2;
+        var data = new TestData(11);
+        using Tensor x = Tensor.FromArray(Device, data.NonZero(m * inFeatures), m, inFeatures);
+        using Tensor w0 = Tensor.FromArray(Device, data.NonZero(outFeatures * inFeatures), outFeatures, inFeatures);
+        using Tensor a = Tensor.FromArray(Device, data.NonZero(r * inFeatures), r, inFeatures);
+        using Tensor b = Tensor.FromArray(Device, data.NonZero(outFeatures * r), outFeatures, r);
+        using Tensor magnitude = Tensor.FromArray(Device, data.NonZero(outFeatures), outFeatures);
+        using Tensor norm = Tensor.FromArray(Device, data.NonZero(outFeatures), outFeatures);
+        using Tensor normBf16 = Tensor.FromArray(Device, data.NonZero(outFeatures), DType.BF16, outFeatures);
+        using Tensor shortMagnitude = Tensor.FromArray(Device, data.NonZero(outFeatures - 1), outFeatures - 1);
+        using Tensor rankZero = Tensor.Zeros(Device, DType.F32, 0, inFeatures);
+        using Tensor bRankZero = Tensor.Zeros(Device, DType.F32, outFeatures, 0);
+        long before = Device.LiveAllocations;
+
+        var e = Assert.Throws<ArgumentException>(() => Ops.Dora.Forward(x, w0, null, a, b, magnitude, normBf16, 1f))!;
+        Assert.That(e.ParamName, Is.EqualTo("norm"));
+        Assert.That(e.Message, Does.Contain("Dora.Forward: norm must be [out] = [5] with dtype F32"));
+        e = Assert.Throws<ArgumentException>(() => Ops.Dora.Forward(x, w0, null, a, b, shortMagnitude, norm, 1f))!;
+        Assert.That(e.ParamName, Is.EqualTo("magnitude"));
+        var range = Assert.Throws<ArgumentOutOfRangeException>(() => Ops.Dora.WeightNorm(w0, rankZero, bRankZero, 1f))!;
+        Assert.That(range.ParamName, Is.EqualTo("a"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Ops.Dora.WeightNorm(w0, a, b, float.NaN));
+        e = Assert.Throws<ArgumentException>(() => Ops.Dora.Backward(x, w0, a, b, magnitude, norm, norm, norm, norm, 1f))!;
+        Assert.That(e.ParamName, Is.EqualTo("u"));
+        Assert.That(Device.LiveAllocations, Is.EqualTo(before), "nothing allocated by rejected calls");
+
+        using Tensor w0Host = Tensor.FromArray(Device.Cpu, data.NonZero(outFeatures * inFeatures), outFeatures, inFeatures);
+        using var layer = new DoraLinear(Device, w0Host, null, r, alpha: 4f, dropout: 0.1f);
+        var notSupported = Assert.Throws<NotSupportedException>(() => layer.Forward(x))!;
+        Assert.That(notSupported.Message, Does.Contain("dropout"));
+        using var tape = new Tape();
+        Assert.Throws<NotSupportedException>(() => layer.Forward(tape, new Variable(x)));
+        layer.Training = false;  // eval ignores dropout, as PEFT
+        using Tensor y = layer.Forward(x);
+        Assert.That(y.Shape, Is.EqualTo(new long[] { m, outFeatures }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new DoraLinear(Device, w0Host, null, 0, 1f));
+    }
+}
+
+/// <summary>Every DoRA op gives the same result on the CPU kernels and on kernels/dora.cu under the emulator.</summary>
+[TestFixture]
+public sealed class DoraCpuSimtParityTests
+{
+    [TestCase(DType.F32)]
+    [TestCase(DType.BF16)]
+    public void EveryOpAgrees(DType dtype)
+    {
+        const int m = 19, inFeatures = 45, outFeatures = 70, r = 6;
+        const float scale = 0.5f;
+        var data = new TestData(TestData.SeedFor($"dora-parity{dtype}"));
+        float[] x = data.NonZero(m * inFeatures, 1f, dtype), w0 = data.NonZero(outFeatures * inFeatures, 1f, dtype);
+        float[] bias = data.NonZero(outFeatures, 1f, dtype), a = data.NonZero(r * inFeatures, 1f, dtype);
+        float[] b = data.NonZero(outFeatures * r, 1f, dtype), dy = data.NonZero(m * outFeatures, 1f, dtype);
+        float[] magnitude = Reference.RoundTo(dtype, Array.ConvertAll(data.NonZero(outFeatures, 1f), v => Math.Abs(v) + 0.5f));
+
+        var (normRef, normMag) = DoraReference.WeightNorm(outFeatures, inFeatures, r, w0, a, b, scale);
+        float[] normValues = Array.ConvertAll(normRef, v => (float)v);
+        var reference = DoraReference.Run(m, inFeatures, outFeatures, r, x, w0, bias, a, b, scale, magnitude, normValues, dy);
+        var abs = DoraReference.Run(m, inFeatures, outFeatures, r, x, w0, bias, a, b, scale, magnitude, normValues, dy, abs: true);
+
+        var results = new Dictionary<string, float[]>[2];
+        Device[] devices = [Device.Cpu, Device.Simt];
+        for (int d = 0; d < 2; d++)
+        {
+            Device device = devices[d];
+            var got = results[d] = new Dictionary<string, float[]>();
+            using Tensor xT = Tensor.FromArray(device, x, dtype, m, inFeatures), w0T = Tensor.FromArray(device, w0, dtype, outFeatures, inFeatures);
+            using Tensor biasT = Tensor.FromArray(device, bias, dtype, outFeatures), aT = Tensor.FromArray(device, a, dtype, r, inFeatures);
+            using Tensor bT = Tensor.FromArray(device, b, dtype, outFeatures, r), dyT = Tensor.FromArray(device, dy, dtype, m, outFeatures);
+            using Tensor mT = Tensor.FromArray(device, magnitude, dtype, outFeatures);
+            using Tensor sq = Ops.Dora.RowSquaredNorm(w0T);
+            using Tensor nT = Ops.Dora.WeightNorm(w0T, aT, bT, scale, sq);
+            got["sqnorm"] = sq.ToArray();
+            got["norm"] = nT.ToArray();
+            // The same norm values on both devices from here on, so the forward and backward compare alone.
+            nT.CopyFrom(normValues);
+            var (y, u, z) = Ops.Dora.Forward(xT, w0T, biasT, aT, bT, mT, nT, scale);
+            using (y)
+            using (u)
+            using (z)
+            {
+                got["y"] = y.ToArray();
+                using Tensor zIn = Tensor.FromArray(device, Reference.RoundTo(dtype, Array.ConvertAll(reference.Z, v => (float)v)), dtype, m, outFeatures);
+                using Tensor uIn = Tensor.FromArray(device, Array.ConvertAll(reference.U, v => (float)v), m, r);
+                var (dx, dA, dB, dm) = Ops.Dora.Backward(xT, w0T, aT, bT, mT, nT, uIn, zIn, dyT, scale);
+                using (dx) using (dA) using (dB) using (dm)
+                {
+                    got["dx"] = dx!.ToArray();
+                    got["dA"] = dA!.ToArray();
+                    got["dB"] = dB!.ToArray();
+                    got["dm"] = dm!.ToArray();
+                }
+            }
+            using Tensor merged = Tensor.FromArray(device, w0, dtype, outFeatures, inFeatures);
+            Ops.Dora.Merge(merged, aT, bT, mT, nT, scale);
+            got["merged"] = merged.ToArray();
+        }
+
+        double[] sqRef = new double[outFeatures];
+        for (int i = 0; i < outFeatures; i++)
+            for (int k = 0; k < inFeatures; k++) sqRef[i] += (double)w0[i * inFeatures + k] * w0[i * inFeatures + k];
+        var mergedRef = new double[outFeatures * inFeatures];
+        var mergedAbs = new double[outFeatures * inFeatures];
+        for (int i = 0; i < outFeatures; i++)
+            for (int k = 0; k < inFeatures; k++)
+            {
+                double w = w0[i * inFeatures + k], wAbs = Math.Abs(w);
+                for (int t = 0; t < r; t++)
+                {
+                    w += scale * b[i * r + t] * a[t * inFeatures + k];
+                    wAbs += Math.Abs(scale * b[i * r + t] * a[t * inFeatures + k]);
+                }
+                double g = magnitude[i] / (double)normValues[i];
+                mergedRef[i * inFeatures + k] = g * w;
+                mergedAbs[i * inFeatures + k] = g * wAbs;
+            }
+        var bounds = new Dictionary<string, double[]>
+        {
+            ["sqnorm"] = Tolerance.Bounds(sqRef, sqRef, inFeatures, DType.F32),
+            ["norm"] = DoraReference.NormBounds(normRef, normMag, inFeatures, r),
+            ["y"] = DoraTests.Bounds(reference.Y, abs.Y, inFeatures + r + 3, dtype, bf16Intermediate: true),
+            ["dx"] = DoraTests.Bounds(reference.Dx, abs.Dx, outFeatures + r + 2, dtype, bf16Intermediate: true),
+            ["dA"] = DoraTests.Bounds(reference.DA, abs.DA, m + outFeatures + 2, dtype, bf16Intermediate: true),
+            ["dB"] = DoraTests.Bounds(reference.DB, abs.DB, m + inFeatures + 2, dtype, bf16Intermediate: true),
+            ["merged"] = DoraTests.Bounds(mergedRef, mergedAbs, r + 2, dtype, bf16Intermediate: true),
+        };
+        // dm from the z both devices were given (the reference's z rounded to the dtype).
+        float[] zStored = Reference.RoundTo(dtype, Array.ConvertAll(reference.Z, v => (float)v));
+        var dmRef = new double[outFeatures];
+        for (int t = 0; t < m; t++)
+            for (int o = 0; o < outFeatures; o++) dmRef[o] += (double)dy[t * outFeatures + o] * zStored[t * outFeatures + o] / normValues[o];
+        bounds["dm"] = Tolerance.Bounds(dmRef, abs.DM, m + 1, dtype);
+        var references = new Dictionary<string, double[]>
+        {
+            ["sqnorm"] = sqRef, ["norm"] = normRef, ["y"] = reference.Y, ["dx"] = reference.Dx, ["dA"] = reference.DA,
+            ["dB"] = reference.DB, ["dm"] = dmRef, ["merged"] = mergedRef,
+        };
+        foreach (string op in references.Keys)
+        {
+            Expect.NotVacuous(op, references[op]);
+            Expect.Close($"{op} (cpu)", results[0][op], references[op], bounds[op]);
+            Expect.Close($"{op} (simt)", results[1][op], references[op], bounds[op]);
+            Expect.Agree($"{op} (cpu vs simt)", results[0][op], results[1][op], bounds[op]);
+        }
+    }
+}
