@@ -1,0 +1,117 @@
+// Launch code for VeRA (kernels/vera.cu on top of kernels/lora.cu): VeRA is LoRA with scale 1 and
+// B' = diag(λ_b)·B_l·diag(λ_d) (the strategy comment of kernels/vera.cu says why), so each op
+// folds B' (and copies A_l dense when its row stride max_in differs from in) into temporaries of
+// the call and runs the LoRA kernels with their own geometry. tests/native/parity/vera_parity_test.cpp
+// launches the same sequence.
+using LoraKernels.Runtime;
+
+namespace LoraKernels.Backends.Gpu;
+
+internal sealed partial class GpuBackend
+{
+    // kernels/vera.cu: kVeraThreads, and the warps per block of grad_lambda_b (one row each).
+    internal const uint VeraThreads = 256;
+    internal const int VeraRowsPerBlock = 8;
+    internal const int VeraColumnsPerBlock = 32;
+
+    public void VeraForward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB,
+                            float dropoutP, ulong seed, Tensor y, Tensor u)
+    {
+        var (aDense, bFolded) = VeraFold(w0, veraA, veraB, lambdaD, lambdaB);
+        using (aDense)
+        using (bFolded)
+            LoraForward(x, w0, bias, aDense ?? veraA, bFolded, 1f, dropoutP, seed, y, u);
+    }
+
+    public void VeraBackward(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy,
+                             float dropoutP, ulong seed, Tensor? dx, Tensor? dLambdaD, Tensor? dLambdaB)
+    {
+        int inFeatures = checked((int)w0.Shape[1]), outFeatures = checked((int)w0.Shape[0]);
+        int rank = checked((int)veraA.Shape[0]);
+        int tokens = checked((int)(dy.ElementCount / outFeatures));
+        string suffix = KernelSuffix(dy.DType);
+        if (dx is not null)
+        {
+            var (aDense, bFolded) = VeraFold(w0, veraA, veraB, lambdaD, lambdaB);
+            using (aDense)
+            using (bFolded)
+            using (Tensor du = Tensor.Empty(dy.Device, DType.F32, tokens, rank))
+            {
+                // du = dy B' = (dy ⊙ λ_b) B_l ⊙ λ_d, then dx = dy W0 + dropout'(du A_l) in one pass.
+                using (var args = new KernelArguments()
+                           .Pointer(dy.Address).Pointer(bFolded.Address).Pointer(du.Address)
+                           .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
+                    _device.Launch("lk_lora_grad_u_" + suffix, LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
+                using (var args = new KernelArguments()
+                           .Pointer(dy.Address).Pointer(w0.Address).Pointer(du.Address).Pointer((aDense ?? veraA).Address)
+                           .Pointer(dx.Address)
+                           .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed))
+                    _device.Launch("lk_lora_grad_x_" + suffix, LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
+                                   args);
+            }
+        }
+        if (dLambdaD is null && dLambdaB is null) return;
+
+        // G = dyᵀ u [out, r]; dλ_b and dλ_d are its rows and columns weighted by B_l and the other vector.
+        using Tensor g = Tensor.Empty(dy.Device, dy.DType, outFeatures, rank);
+        using (var args = new KernelArguments()
+                   .Pointer(dy.Address).Pointer(u.Address).Pointer(g.Address)
+                   .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
+            _device.Launch("lk_lora_grad_b_" + suffix, LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
+        if (dLambdaB is not null)
+        {
+            using var args = new KernelArguments()
+                .Pointer(g.Address).Pointer(veraB.Address).Pointer(lambdaD.Address).Pointer(dLambdaB.Address)
+                .Int(outFeatures).Int(rank);
+            _device.Launch("lk_vera_grad_lambda_b_" + suffix, new Dim3((uint)CeilDiv(outFeatures, VeraRowsPerBlock)),
+                           new Dim3(VeraThreads), 0, args);
+        }
+        if (dLambdaD is not null)
+        {
+            using var args = new KernelArguments()
+                .Pointer(g.Address).Pointer(veraB.Address).Pointer(lambdaB.Address).Pointer(dLambdaD.Address)
+                .Int(outFeatures).Int(rank);
+            _device.Launch("lk_vera_grad_lambda_d_" + suffix, new Dim3((uint)CeilDiv(rank, VeraColumnsPerBlock)),
+                           new Dim3(VeraThreads), 0, args);
+        }
+    }
+
+    public void VeraMerge(Tensor w, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, float scale)
+    {
+        var (aDense, bFolded) = VeraFold(w, veraA, veraB, lambdaD, lambdaB);
+        using (aDense)
+        using (bFolded)
+            LoraMerge(w, aDense ?? veraA, bFolded, scale);
+    }
+
+    /// <summary>
+    /// B' = diag(λ_b)·B_l·diag(λ_d) [out, r] and, when in &lt; max_in, A_l copied dense [r, in]
+    /// (null when vera_A's rows are already A_l's, so the LoRA kernels read it in place).
+    /// </summary>
+    private (Tensor? ADense, Tensor BFolded) VeraFold(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB)
+    {
+        int inFeatures = checked((int)w0.Shape[1]), outFeatures = checked((int)w0.Shape[0]);
+        int rank = checked((int)veraA.Shape[0]), lda = checked((int)veraA.Shape[1]);
+        Tensor? aDense = null;
+        Tensor? bFolded = null;
+        try
+        {
+            if (lda != inFeatures) aDense = Tensor.Empty(w0.Device, w0.DType, rank, inFeatures);
+            bFolded = Tensor.Empty(w0.Device, w0.DType, outFeatures, rank);
+            long total = (aDense is null ? 0 : (long)rank * inFeatures) + (long)outFeatures * rank;
+            using var args = new KernelArguments()
+                .Pointer(veraA.Address).Int(lda).Pointer(veraB.Address).Pointer(lambdaD.Address).Pointer(lambdaB.Address)
+                .Pointer(aDense?.Address ?? 0).Pointer(bFolded.Address)
+                .Int(inFeatures).Int(outFeatures).Int(rank);
+            _device.Launch("lk_vera_fold_" + KernelSuffix(w0.DType), new Dim3(ElementwiseGrid(total, _device.MultiprocessorCount)),
+                           new Dim3(VeraThreads), 0, args);
+            return (aDense, bFolded);
+        }
+        catch
+        {
+            aDense?.Dispose();
+            bFolded?.Dispose();
+            throw;
+        }
+    }
+}
