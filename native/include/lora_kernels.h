@@ -126,4 +126,10 @@ LK_API lk_status lk_simt_set_num_threads(int32_t n);
 #define LK_SIMT_MAX_STATIC_SHARED_BYTES (48 * 1024)
 #define LK_SIMT_MAX_DYNAMIC_SHARED_BYTES (227 * 1024)
 
+/* Kernel families beyond plain LoRA, one header each. */
+#include "lora_kernels_linalg.h"
+#include "lora_kernels_nf4.h"
+#include "lora_kernels_dora.h"
+#include "lora_kernels_vera.h"
+
 #endif /* LORA_KERNELS_H */

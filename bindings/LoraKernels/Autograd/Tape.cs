@@ -9,7 +9,7 @@ using LoraKernels.Layers;
 
 namespace LoraKernels.Autograd;
 
-public sealed class Tape : IDisposable
+public sealed partial class Tape : IDisposable
 {
     private readonly List<Action> _backward = new();
     private readonly List<Tensor> _owned = new();

@@ -7,7 +7,7 @@ namespace LoraKernels.Backends;
 /// Implemented by <see cref="Cpu.CpuBackend"/> (native CPU kernels) and
 /// <see cref="Gpu.GpuBackend"/> (kernels/*.cu on CUDA or the SIMT emulator).
 /// </summary>
-internal interface IBackend
+internal partial interface IBackend
 {
     /// <summary>y = x W0ᵀ + bias + scale·u Bᵀ with u = dropout(x) Aᵀ written to <paramref name="u"/> (F32 [M, r]).</summary>
     void LoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale,

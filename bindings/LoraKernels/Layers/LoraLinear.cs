@@ -12,7 +12,7 @@ using LoraKernels.Runtime;
 
 namespace LoraKernels.Layers;
 
-public sealed class LoraLinear : IDisposable
+public sealed class LoraLinear : IAdapterLayer
 {
     // Separates the dropout seed stream from the initialisation stream drawn from the same seed.
     private const ulong DropoutStream = 0xD1B54A32D192ED03ul;
@@ -37,9 +37,7 @@ public sealed class LoraLinear : IDisposable
             if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
                 throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
         }
-        if (r < 1) throw new ArgumentOutOfRangeException(nameof(r), r, $"{op}: the rank r must be >= 1.");
-        if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, $"{op}: alpha must be finite.");
-        Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
+        CheckAdapterArguments(op, r, alpha, dropout);
         if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
             throw new ArgumentException($"{op}: w0 is {w0.Describe()}; in and out must fit in 32 bits.", nameof(w0));
 
@@ -51,8 +49,8 @@ public sealed class LoraLinear : IDisposable
         Alpha = alpha;
         Dropout = dropout;
         UseRsLora = useRsLora;
-        Scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
-        _dropoutSeeds = new SplitMix64(seed ^ DropoutStream);
+        Scale = AdapterScale(alpha, r, useRsLora);
+        _dropoutSeeds = DropoutSeeds(seed);
 
         var created = new List<IDisposable>();
         try
@@ -64,9 +62,7 @@ public sealed class LoraLinear : IDisposable
                 Bias = CopyTo(bias, device, dtype);
                 created.Add(Bias);
             }
-            A = new Parameter("lora_A", Tensor.FromArray(device, InitialA(seed, r, InFeatures), dtype, r, InFeatures));
-            created.Add(A);
-            B = new Parameter("lora_B", Tensor.Zeros(device, dtype, OutFeatures, r));
+            (A, B) = CreateAdapter(device, dtype, r, InFeatures, OutFeatures, seed);
         }
         catch
         {
@@ -157,6 +153,37 @@ public sealed class LoraLinear : IDisposable
 
     /// <summary>The dropout seed of the next forward call.</summary>
     internal ulong NextDropoutSeed() => _dropoutSeeds.NextUInt64();
+
+    // The adapter's parameter handling, shared with QloraLinear (the same adapter over a quantized base).
+
+    /// <summary>Throws unless r ≥ 1, alpha is finite and the dropout probability is in [0, 1).</summary>
+    internal static void CheckAdapterArguments(string op, int r, float alpha, float dropout)
+    {
+        if (r < 1) throw new ArgumentOutOfRangeException(nameof(r), r, $"{op}: the rank r must be >= 1.");
+        if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, $"{op}: alpha must be finite.");
+        Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
+    }
+
+    /// <summary>s = alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
+    internal static float AdapterScale(float alpha, int r, bool useRsLora) => useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
+
+    /// <summary>The generator of per-forward dropout seeds, a stream apart from the initialisation's.</summary>
+    internal static SplitMix64 DropoutSeeds(ulong seed) => new(seed ^ DropoutStream);
+
+    /// <summary>lora_A [r, in] = U(±1/sqrt(in)) from SplitMix64(seed) and lora_B [out, r] = 0, on <paramref name="device"/>.</summary>
+    internal static (Parameter A, Parameter B) CreateAdapter(Device device, DType dtype, int r, int inFeatures, int outFeatures, ulong seed)
+    {
+        var a = new Parameter("lora_A", Tensor.FromArray(device, InitialA(seed, r, inFeatures), dtype, r, inFeatures));
+        try
+        {
+            return (a, new Parameter("lora_B", Tensor.Zeros(device, dtype, outFeatures, r)));
+        }
+        catch
+        {
+            a.Dispose();
+            throw;
+        }
+    }
 
     /// <summary>A's initial values: U(±1/sqrt(in)), row-major [r, in], from SplitMix64(seed).</summary>
     internal static float[] InitialA(ulong seed, int r, int inFeatures)

@@ -3,7 +3,8 @@
 // F32 tensors on the parameter's device, created at its first step. A BF16 parameter is trained
 // through an F32 master copy kept in the optimizer state (created from the parameter's value at
 // its first step) and rounded back into the parameter after every step, so small updates
-// accumulate instead of vanishing in bf16 rounding.
+// accumulate instead of vanishing in bf16 rounding. Parameters come in groups (torch's param_groups),
+// each with its own learning rate and weight decay; the plain constructor makes one group.
 using LoraKernels.Autograd;
 
 namespace LoraKernels.Optim;
@@ -26,48 +27,54 @@ public sealed class AdamW : IDisposable
     }
 
     private readonly Parameter[] _parameters;
+    private readonly ParameterGroup[] _groups;
     private readonly Dictionary<Parameter, State> _states = new(ReferenceEqualityComparer.Instance);
-    private float _learningRate;
     private bool _disposed;
 
     public AdamW(IEnumerable<Parameter> parameters, float lr = 1e-3f, float beta1 = 0.9f, float beta2 = 0.999f,
                  float eps = 1e-8f, float weightDecay = 0.01f)
+        : this([new ParameterGroup("default", parameters ?? throw new ArgumentNullException(nameof(parameters)), lr, weightDecay)],
+               beta1, beta2, eps)
     {
-        ArgumentNullException.ThrowIfNull(parameters);
-        _parameters = parameters.ToArray();
-        for (int i = 0; i < _parameters.Length; i++)
-        {
-            if (_parameters[i] is null) throw new ArgumentException($"AdamW: parameter {i} is null.", nameof(parameters));
-        }
+    }
+
+    /// <summary>AdamW over parameter groups, each stepped with its own learning rate and weight decay.</summary>
+    public AdamW(IEnumerable<ParameterGroup> groups, float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f)
+    {
+        ArgumentNullException.ThrowIfNull(groups);
+        _groups = groups.ToArray();
+        if (_groups.Any(g => g is null)) throw new ArgumentException("AdamW: a parameter group is null.", nameof(groups));
+        if (_groups.Length == 0) throw new ArgumentException("AdamW: at least one parameter group is needed.", nameof(groups));
+        _parameters = _groups.SelectMany(g => g.Parameters).ToArray();
         if (_parameters.Distinct(ReferenceEqualityComparer.Instance).Count() != _parameters.Length)
-            throw new ArgumentException("AdamW: a parameter appears more than once.", nameof(parameters));
-        LearningRate = lr;
+            throw new ArgumentException("AdamW: a parameter appears more than once.", nameof(groups));
         if (!(beta1 >= 0f && beta1 < 1f)) throw new ArgumentOutOfRangeException(nameof(beta1), beta1, "AdamW: beta1 must be in [0, 1).");
         if (!(beta2 >= 0f && beta2 < 1f)) throw new ArgumentOutOfRangeException(nameof(beta2), beta2, "AdamW: beta2 must be in [0, 1).");
         if (!(eps >= 0f) || !float.IsFinite(eps)) throw new ArgumentOutOfRangeException(nameof(eps), eps, "AdamW: eps must be finite and >= 0.");
-        if (!(weightDecay >= 0f) || !float.IsFinite(weightDecay))
-            throw new ArgumentOutOfRangeException(nameof(weightDecay), weightDecay, "AdamW: weightDecay must be finite and >= 0.");
         Beta1 = beta1;
         Beta2 = beta2;
         Eps = eps;
-        WeightDecay = weightDecay;
     }
 
-    /// <summary>The learning rate of the next step (settable, for schedules).</summary>
+    /// <summary>
+    /// The learning rate of the next step (settable, for schedules) when there is one group; with
+    /// several, set each group's <see cref="ParameterGroup.LearningRate"/> instead.
+    /// </summary>
     public float LearningRate
     {
-        get => _learningRate;
-        set
-        {
-            if (!(value >= 0f) || !float.IsFinite(value)) throw new ArgumentOutOfRangeException(nameof(value), value, "AdamW: the learning rate must be finite and >= 0.");
-            _learningRate = value;
-        }
+        get => SingleGroup().LearningRate;
+        set => SingleGroup().LearningRate = value;
     }
 
     public float Beta1 { get; }
     public float Beta2 { get; }
     public float Eps { get; }
-    public float WeightDecay { get; }
+
+    /// <summary>The weight decay when there is one group (see <see cref="ParameterGroup.WeightDecay"/> otherwise).</summary>
+    public float WeightDecay => SingleGroup().WeightDecay;
+
+    /// <summary>The parameter groups, in the order given.</summary>
+    public IReadOnlyList<ParameterGroup> Groups => _groups;
 
     /// <summary>Calls of <see cref="Step"/> so far.</summary>
     public long StepCount { get; private set; }
@@ -84,17 +91,25 @@ public sealed class AdamW : IDisposable
             CheckGradient(parameter);
         }
         StepCount++;
-        foreach (Parameter parameter in _parameters)
+        foreach (ParameterGroup group in _groups)
         {
-            if (!parameter.RequiresGrad || parameter.Grad is null) continue;
-            State state = StateOf(parameter);
-            state.Steps++;
-            Tensor weights = state.Master ?? parameter.Value;
-            parameter.Value.Device.Backend.AdamWStep(weights, parameter.Grad, state.M, state.V, LearningRate, Beta1, Beta2,
-                                                     Eps, WeightDecay, state.Steps);
-            if (state.Master is not null) parameter.Value.Device.Backend.Cast(state.Master, parameter.Value);
+            foreach (Parameter parameter in group.Parameters)
+            {
+                if (!parameter.RequiresGrad || parameter.Grad is null) continue;
+                State state = StateOf(parameter);
+                state.Steps++;
+                Tensor weights = state.Master ?? parameter.Value;
+                parameter.Value.Device.Backend.AdamWStep(weights, parameter.Grad, state.M, state.V, group.LearningRate, Beta1, Beta2,
+                                                         Eps, group.WeightDecay, state.Steps);
+                if (state.Master is not null) parameter.Value.Device.Backend.Cast(state.Master, parameter.Value);
+            }
         }
     }
+
+    private ParameterGroup SingleGroup() =>
+        _groups.Length == 1
+            ? _groups[0]
+            : throw new InvalidOperationException($"AdamW has {_groups.Length} parameter groups; use Groups[i].LearningRate and Groups[i].WeightDecay.");
 
     /// <summary>Frees every parameter's gradient (torch's zero_grad(set_to_none=True)).</summary>
     public void ZeroGrad()
@@ -137,6 +152,13 @@ public sealed class AdamW : IDisposable
         }
         _states.Add(parameter, state);
         return state;
+    }
+
+    /// <summary>Bytes of the state buffers (moments, master copy) held for <paramref name="parameter"/>; 0 before its first step.</summary>
+    internal long StateBytes(Parameter parameter)
+    {
+        if (!_states.TryGetValue(parameter, out State? state)) return 0;
+        return state.M.Buffer.SizeInBytes + state.V.Buffer.SizeInBytes + (state.Master?.Buffer.SizeInBytes ?? 0);
     }
 
     /// <summary>Frees the optimizer state (moments, master copies); the parameters are untouched.</summary>

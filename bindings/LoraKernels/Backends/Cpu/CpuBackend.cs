@@ -6,7 +6,7 @@ using LoraKernels.Interop;
 
 namespace LoraKernels.Backends.Cpu;
 
-internal sealed unsafe class CpuBackend : IBackend
+internal sealed unsafe partial class CpuBackend : IBackend
 {
     public void LoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale,
                             float dropoutP, ulong seed, Tensor y, Tensor u)

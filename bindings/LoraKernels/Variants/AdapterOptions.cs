@@ -1,0 +1,38 @@
+// The options Catalogue.Create passes to a variant. Unset values take the variant's defaults
+// (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12).
+using LoraKernels.Layers;
+
+namespace LoraKernels.Variants;
+
+public sealed record AdapterOptions
+{
+    /// <summary>The rank r (null: the variant's default).</summary>
+    public int? Rank { get; init; }
+    /// <summary>lora_alpha (null: PEFT's default 8); the scale is alpha/r, or alpha/√r with rsLoRA.</summary>
+    public float? Alpha { get; init; }
+    /// <summary>Dropout probability on the adapter branch's input.</summary>
+    public float Dropout { get; init; }
+    /// <summary>Seed of the variant's random initialisation (and of its dropout masks).</summary>
+    public ulong Seed { get; init; }
+    /// <summary>Storage dtype of the layer's dense tensors.</summary>
+    public DType DType { get; init; } = DType.F32;
+    /// <summary>PiSSA: null for the exact SVD, K for the randomized SVD with K subspace iterations ("pissa_niter_K").</summary>
+    public int? PissaIterations { get; init; }
+    /// <summary>LoftQ: alternating quantization/SVD rounds (PEFT's loftq_iter, default 1).</summary>
+    public int LoftQIterations { get; init; } = 1;
+    /// <summary>
+    /// VeRA: the frozen projections shared by every VeRA layer of a model (VeraProjections.ForLayers over
+    /// all the layers' shapes, rank r); required for "vera", owned by the caller.
+    /// </summary>
+    public VeraProjections? VeraProjections { get; init; }
+    /// <summary>VeRA: the initial value of λ_d (PEFT's d_initial).</summary>
+    public float VeraDInitial { get; init; } = 0.1f;
+    /// <summary>LoKr: decompose_factor (-1: the divisor pair nearest √d).</summary>
+    public int LoKrFactor { get; init; } = -1;
+    /// <summary>LoKr: decompose_both (w1 low-rank too when r &lt; max(out_l, in_m)/2).</summary>
+    public bool LoKrDecomposeBoth { get; init; }
+    /// <summary>Mixture of rank-1 experts: the number of experts (null: r).</summary>
+    public int? Experts { get; init; }
+
+    internal float AlphaOrDefault => Alpha ?? 8f;
+}

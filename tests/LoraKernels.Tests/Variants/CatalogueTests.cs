@@ -1,0 +1,138 @@
+using System.Text.RegularExpressions;
+using LoraKernels.Layers;
+using LoraKernels.Variants;
+
+namespace LoraKernels.Tests.Variants;
+
+/// <summary>The variant catalogue: complete entries, parameter-count formulas, and Create by name.</summary>
+[TestFixture]
+public sealed partial class CatalogueTests
+{
+    [GeneratedRegex(@"^\d{4}\.\d{4,5}$")]
+    private static partial Regex ArxivId();
+
+    [Test]
+    public void EveryEntryHasPaperFamilyDefaultsAndIssue()
+    {
+        Assert.That(Catalogue.Variants, Is.Not.Empty);
+        foreach (VariantInfo info in Catalogue.Variants)
+        {
+            Assert.That(info.Paper.Title, Is.Not.Empty, info.Name);
+            Assert.That(info.Paper.Year, Is.InRange(2021, 2026), info.Name);
+            Assert.That(info.Paper.ArxivId is { } id ? ArxivId().IsMatch(id) : !string.IsNullOrEmpty(info.Paper.Note), Is.True,
+                        $"{info.Name}: an arXiv id, or a note saying why there is none");
+            Assert.That(Enum.IsDefined(info.Family), Is.True, info.Name);
+            Assert.That(info.Defaults, Is.Not.Empty, info.Name);
+            Assert.That(info.ParameterFormula, Is.Not.Empty, info.Name);
+            Assert.That(info.Issue, Does.StartWith("issue").Or.StartWith("a later issue"), info.Name);
+            Assert.That(info.IsAvailable ? info.Backends.Count > 0 && info.DTypes.Count > 0 : info.Backends.Count == 0, Is.True,
+                        $"{info.Name}: backends and dtypes are listed exactly for available variants");
+            Assert.That(info.TrainableParameters(4096, 4096), Is.GreaterThan(0), info.Name);
+        }
+        Assert.That(Catalogue.Variants.Select(v => v.Name).Distinct().Count(), Is.EqualTo(Catalogue.Variants.Count), "unique names");
+        Assert.That(Catalogue.Variants.Select(v => v.Family).Distinct().Count(), Is.EqualTo(6), "the guide's six families are all present");
+    }
+
+    [Test]
+    public void TheGuidesAndTheIssuesVariantsAreAllListed()
+    {
+        string[] expected =
+        [
+            "lora", "rslora", "dora", "qlora", "qdora", "loftq", "pissa", "vera", "lora-fa", "lora+", "adalora", "sora",
+            "lokr", "krona", "flora", "lotr", "mixture-rank1", "lora-moe", "lora-ssm", "auto-rank", "mira",
+        ];
+        foreach (string name in expected) Assert.That(() => Catalogue.Get(name), Throws.Nothing, name);
+        Assert.That(Catalogue.Get("LoRA-FA").Name, Is.EqualTo("lora-fa"), "names are case-insensitive");
+        Assert.That(() => Catalogue.Get("no-such-lora"), Throws.ArgumentException.With.Message.Contains("known: lora"));
+    }
+
+    [TestCase(17, 23, 4)]
+    [TestCase(4096, 4096, 8)]
+    [TestCase(1, 1, 1)]
+    public void ParameterCountsFollowTheirFormulas(int inFeatures, int outFeatures, int r)
+    {
+        var options = new AdapterOptions { Rank = r };
+        long i = inFeatures, o = outFeatures;
+        Assert.That(Catalogue.Get("lora").TrainableParameters(i, o, options), Is.EqualTo(r * (i + o)), "LoRA: r·(in + out)");
+        Assert.That(Catalogue.Get("vera").TrainableParameters(i, o, options), Is.EqualTo(r + o), "VeRA: r + out");
+        Assert.That(Catalogue.Get("dora").TrainableParameters(i, o, options), Is.EqualTo(r * (i + o) + o), "DoRA: r·(in + out) + out");
+        Assert.That(Catalogue.Get("lora-fa").TrainableParameters(i, o, options), Is.EqualTo(r * o), "LoRA-FA: r·out");
+        Assert.That(Catalogue.Get("adalora").TrainableParameters(i, o, options), Is.EqualTo(r * (i + o) + r), "AdaLoRA: A, E, B");
+    }
+
+    [TestCase(4096, -1, 64, 64)]
+    [TestCase(3072, -1, 48, 64)]
+    [TestCase(11008, -1, 86, 128)]
+    [TestCase(14336, -1, 112, 128)]
+    [TestCase(768, -1, 24, 32)]
+    [TestCase(127, -1, 1, 127)]
+    [TestCase(4096, 4, 4, 1024)]
+    [TestCase(127, 4, 1, 127)]
+    [TestCase(4096, 8, 8, 512)]
+    public void LoKrFactorizationMatchesPeft(int dimension, int factor, int m, int n) =>
+        Assert.That(Catalogue.Factorization(dimension, factor), Is.EqualTo(((long)m, (long)n)), "REFERENCE.md 5.2's examples");
+
+    [Test]
+    public void LoKrCountsW1FullAndW2LowRank_4096x4096_r8()
+    {
+        // (64, 64) both ways: w1 [64, 64] full; r = 8 < 64/2, so w2 = w2_a [64, 8] + w2_b [8, 64].
+        Assert.That(Catalogue.Get("lokr").TrainableParameters(4096, 4096, new AdapterOptions { Rank = 8 }), Is.EqualTo(64 * 64 + 8 * (64 + 64)));
+    }
+
+    public static IEnumerable<TestCaseData> AvailableVariants() =>
+        Catalogue.Variants.Where(v => v.IsAvailable).Select(v => new TestCaseData(v.Name).SetName($"Create_{v.Name}_Cpu_out24_in16"));
+
+    public static IEnumerable<TestCaseData> UnavailableVariants() =>
+        Catalogue.Variants.Where(v => !v.IsAvailable).Select(v => new TestCaseData(v.Name).SetName($"CreateFails_{v.Name}"));
+
+    [TestCaseSource(nameof(AvailableVariants))]
+    public void CreateBuildsEachAvailableVariant(string name)
+    {
+        const int outFeatures = 24, inFeatures = 16, m = 3;
+        var data = new TestData(TestData.SeedFor(name));
+        using var w0 = Tensor.FromArray(Device.Cpu, data.NonZero(outFeatures * inFeatures, 0.25f), outFeatures, inFeatures);
+        using var bias = Tensor.FromArray(Device.Cpu, data.NonZero(outFeatures, 0.5f), outFeatures);
+        using var x = Tensor.FromArray(Device.Cpu, data.NonZero(m * inFeatures), m, inFeatures);
+        VariantInfo info = Catalogue.Get(name);
+        // VeRA's projections are shared across a model's layers, so the caller makes them (here for one layer).
+        using VeraProjections? projections = name == "vera" ? VeraProjections.Create(Device.Cpu, 4, inFeatures, outFeatures) : null;
+        var options = new AdapterOptions { Rank = 4, Alpha = 8f, Seed = 9, VeraProjections = projections };
+
+        using IAdapterLayer layer = Catalogue.Create(name, Device.Cpu, w0, bias, options);
+        Assert.That((layer.InFeatures, layer.OutFeatures), Is.EqualTo((inFeatures, outFeatures)));
+        Assert.That(layer.Device, Is.SameAs(Device.Cpu));
+        long trainable = layer.Parameters().Sum(p => p.Value.ElementCount);
+        Assert.That(trainable, Is.EqualTo(info.TrainableParameters(inFeatures, outFeatures, options)), "the catalogue's count is the layer's");
+        using Tensor y = layer.Forward(x);
+        Assert.That(y.Shape, Is.EqualTo(new long[] { m, outFeatures }));
+        Assert.That(y.ToArray().All(float.IsFinite) && y.ToArray().Any(v => v != 0f), Is.True, "a finite, non-zero output");
+    }
+
+    [Test]
+    public void VeraNeedsTheCallersSharedProjections_Cpu_4x3()
+    {
+        using var w0 = Tensor.FromArray(Device.Cpu, new TestData(2).NonZero(12), 4, 3);
+        Assert.That(() => Catalogue.Create("vera", Device.Cpu, w0, null, new AdapterOptions { Rank = 2 }),
+                    Throws.ArgumentException.With.Message.Contains("VeraProjections.ForLayers"));
+        using var projections = VeraProjections.Create(Device.Cpu, 3, 3, 4);
+        Assert.That(() => Catalogue.Create("vera", Device.Cpu, w0, null, new AdapterOptions { Rank = 2, VeraProjections = projections }),
+                    Throws.ArgumentException.With.Message.Contains("rank 3"));
+    }
+
+    [TestCaseSource(nameof(UnavailableVariants))]
+    public void CreateFailsClearlyForTheRest(string name)
+    {
+        VariantInfo info = Catalogue.Get(name);
+        using var w0 = Tensor.FromArray(Device.Cpu, new TestData(1).NonZero(12), 4, 3);
+        Assert.That(() => Catalogue.Create(name, Device.Cpu, w0, null),
+                    Throws.TypeOf<NotSupportedException>().With.Message.Contains(info.DisplayName).And.Message.Contains(info.Issue));
+    }
+
+    [Test]
+    public void TheTableListsEveryVariant()
+    {
+        string table = Catalogue.FormatTable();
+        foreach (VariantInfo info in Catalogue.Variants) Assert.That(table, Does.Contain(info.DisplayName));
+        Assert.That(table, Does.Contain("65,536 (r=8)"), "LoRA at 4096x4096, r = 8: 8·(4096 + 4096)");
+    }
+}
