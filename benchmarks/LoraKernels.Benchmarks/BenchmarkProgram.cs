@@ -47,7 +47,7 @@ public static class BenchmarkProgram
             catch (CudaUnavailableException e)
             {
                 reason = e.Message.Split('\n')[0].Trim();
-            if (reason.EndsWith("Tried:", StringComparison.Ordinal)) reason = reason[..^"Tried:".Length].TrimEnd();
+                if (reason.EndsWith("Tried:", StringComparison.Ordinal)) reason = reason[..^"Tried:".Length].TrimEnd();
             }
             Console.WriteLine($"GPU benchmarks skipped: no CUDA device ({reason})");
         }
