@@ -2,8 +2,9 @@
 //   y = x·deq(W)ᵀ + bias + s·(dropout(x)·Aᵀ)·Bᵀ,   s = alpha/r, or alpha/sqrt(r) with rsLoRA.
 // The base is an Nf4Linear (NF4, block size 64 and double quantization by default: bnb's
 // Linear4bit with compress_statistics); the adapter (A, B, their initialisation, scale and the
-// dropout seed stream) is exactly LoraLinear's, through LoraLinear's shared helpers, so a QLoRA
-// layer and a LoRA layer built from the same seed start from the same A. Forward and backward run
+// dropout seed stream) is exactly LoraLinear's, through RankAdapter, so a QLoRA layer and a LoRA
+// layer built from the same seed start from the same A. It does not derive from
+// DenseAdapterLinear: there is no dense W0 to own, only the quantized base. Forward and backward run
 // Ops.Nf4.QloraForward / QloraBackward; deq(W) is never materialised.
 using LoraKernels.Autograd;
 using LoraKernels.Runtime;
@@ -34,17 +35,17 @@ public sealed class QloraLinear : IAdapterLayer
     {
         const string op = "QloraLinear";
         ArgumentNullException.ThrowIfNull(baseLayer);
-        LoraLinear.CheckAdapterArguments(op, r, alpha, dropout);
+        RankAdapter.CheckArguments(op, r, alpha, dropout);
         Base = baseLayer;
         Rank = r;
         Alpha = alpha;
         Dropout = dropout;
         UseRsLora = useRsLora;
-        Scale = LoraLinear.AdapterScale(alpha, r, useRsLora);
-        _dropoutSeeds = LoraLinear.DropoutSeeds(seed);
+        Scale = RankAdapter.Scale(alpha, r, useRsLora);
+        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
         try
         {
-            (A, B) = LoraLinear.CreateAdapter(baseLayer.Device, baseLayer.DType, r, baseLayer.InFeatures, baseLayer.OutFeatures, seed);
+            (A, B) = RankAdapter.CreatePair(baseLayer.Device, baseLayer.DType, r, baseLayer.InFeatures, baseLayer.OutFeatures, seed);
         }
         catch
         {
@@ -112,7 +113,7 @@ public sealed class QloraLinear : IAdapterLayer
     private static Nf4Linear CreateBase(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout,
                                         QuantType quantType, int blockSize, bool doubleQuant, DType dtype)
     {
-        LoraLinear.CheckAdapterArguments("QloraLinear", r, alpha, dropout);
+        RankAdapter.CheckArguments("QloraLinear", r, alpha, dropout);
         return new Nf4Linear(device, w0, bias, quantType, blockSize, doubleQuant, dtype);
     }
 
