@@ -23,6 +23,11 @@
 //   lk_dora_weight_norm_T      one thread per row: P_i·B_i and B_i G B_iᵀ (G read by all threads of
 //       a warp at the same address: a broadcast). grid ceil(out/256), block 256.
 //       FLOPs out·(2r + 2r²); bytes 4·(out + out·r + r² + out) + s·out·r.
+//   lk_dora_weight_norm_pt_f32 the same with P given transposed, Pt [r, out] (QDoRA: A·deq(W)ᵀ from
+//       the 4-bit matmul); P reads are then coalesced across the warp. Same grid, FLOPs and bytes.
+//   lk_dora_dropout_f32        y = x ⊙ lk_dropout_factor(seed, i, p) (DoRA's training dropout path
+//       materialises dropout(x) for its second base product, and masks dx), grid-stride.
+//       bytes 8·n; one hash per element.
 //   lk_dora_scale_columns_T    y = g ⊙ z + bias, grid-stride over M·out; z may be y (in place).
 //       grid min(ceil(M·out/256), 8·SMs), block 256. bytes s·(2·M·out + 2·out) + 4·out.
 //   lk_dora_magnitude_grad_T   block = 32 columns × 8 row groups: lanes take consecutive columns
@@ -60,22 +65,28 @@ LK_DEVICE void lk_dora_row_sqnorm(const T* W0, float* sqnorm, int out, int in) {
 }
 
 template <class T>
-LK_DEVICE void lk_dora_weight_norm(const float* w0_sqnorm, const float* P, const float* G, const T* B,
-                                   float* norm, int out, int r, float scale) {
+LK_DEVICE void lk_dora_weight_norm(const float* w0_sqnorm, const float* P, int p_row, int p_col, const float* G,
+                                   const T* B, float* norm, int out, int r, float scale) {
     const int row = (int)blockIdx.x * kDoraThreads + (int)threadIdx.x;
     if (row >= out) return;
     const T* b = B + row * r;
-    const float* p = P + row * r;
+    const float* p = P + row * p_row;
     float cross = 0.0f, quadratic = 0.0f;
     for (int a = 0; a < r; ++a) {
         const float ba = lk_load(b + a);
-        cross += p[a] * ba;
+        cross += p[a * p_col] * ba;
         float gb = 0.0f;
         for (int c = 0; c < r; ++c) gb += G[a * r + c] * lk_load(b + c);
         quadratic += ba * gb;
     }
     const float squared = w0_sqnorm[row] + 2.0f * scale * cross + scale * scale * quadratic;
     norm[row] = sqrtf(squared > 0.0f ? squared : 0.0f);
+}
+
+// y = x ⊙ mask: lk_dropout_factor(seed, i, p) on flat element i (the LoRA kernels' mask for x [M, in]).
+LK_DEVICE void lk_dora_dropout(const float* x, float* y, int n, float p, lk_u64 seed) {
+    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += (int)(gridDim.x * blockDim.x))
+        y[i] = x[i] * lk_dropout_factor(seed, (lk_u64)i, p);
 }
 
 template <class T>
@@ -138,9 +149,23 @@ LK_KERNEL(lk_dora_row_sqnorm_f32);
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_weight_norm_f32(
     const float* w0_sqnorm, const float* P, const float* G, const float* B, float* norm, int out, int r,
     float scale) {
-    lk_dora_weight_norm<float>(w0_sqnorm, P, G, B, norm, out, r, scale);
+    lk_dora_weight_norm<float>(w0_sqnorm, P, r, 1, G, B, norm, out, r, scale);
 }
 LK_KERNEL(lk_dora_weight_norm_f32);
+
+// QDoRA: Pt = (deq(W) Aᵀ)ᵀ [r, out] as the 4-bit matmul A·deq(W)ᵀ gives it (F32 layers only).
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_weight_norm_pt_f32(
+    const float* w0_sqnorm, const float* Pt, const float* G, const float* B, float* norm, int out, int r,
+    float scale) {
+    lk_dora_weight_norm<float>(w0_sqnorm, Pt, 1, out, G, B, norm, out, r, scale);
+}
+LK_KERNEL(lk_dora_weight_norm_pt_f32);
+
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_dropout_f32(const float* x, float* y, int n, float p,
+                                                                                lk_u64 seed) {
+    lk_dora_dropout(x, y, n, p, seed);
+}
+LK_KERNEL(lk_dora_dropout_f32);
 
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_scale_columns_f32(
     const float* z, const float* magnitude, const float* norm, const float* bias, float* y, int M, int out) {
@@ -175,7 +200,7 @@ LK_KERNEL(lk_dora_row_sqnorm_bf16);
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_weight_norm_bf16(
     const float* w0_sqnorm, const float* P, const float* G, const lk_bf16* B, float* norm, int out, int r,
     float scale) {
-    lk_dora_weight_norm<lk_bf16>(w0_sqnorm, P, G, B, norm, out, r, scale);
+    lk_dora_weight_norm<lk_bf16>(w0_sqnorm, P, r, 1, G, B, norm, out, r, scale);
 }
 LK_KERNEL(lk_dora_weight_norm_bf16);
 

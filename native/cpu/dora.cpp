@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "check.h"
+#include "common.cuh"
 #include "gemm.h"
 #include "parallel.h"
 
@@ -47,34 +48,69 @@ void row_sqnorm(int64_t out, int64_t in, const float* W0, float* sqnorm) {
     }
 }
 
-void weight_norm(int64_t out, int64_t in, int64_t r, const float* W0, const float* w0_sqnorm,
-                 const float* A, const float* B, float scale, float* norm) {
-    std::vector<float> P((size_t)(out * r)), G((size_t)(r * r));
-    GemmOutput p_out;
-    p_out.c = P.data();
-    p_out.ldc = r;
-    gemm(out, r, Operand(matrix_piece(W0, in, false, in)), Operand(matrix_piece(A, in, true, in)),
-         p_out);
+// G = A Aᵀ [r, r] by one packed GEMM.
+std::vector<float> gram(int64_t in, int64_t r, const float* A) {
+    std::vector<float> G((size_t)(r * r));
     GemmOutput g_out;
     g_out.c = G.data();
     g_out.ldc = r;
     gemm(r, r, Operand(matrix_piece(A, in, false, in)), Operand(matrix_piece(A, in, true, in)),
          g_out);
+    return G;
+}
+
+// n_i = sqrt(max(0, ‖w_i‖² + 2s·P_i·B_i + s²·B_i G B_iᵀ)) in double per row; P_i[a] is
+// P[i·p_row + a·p_col], so P may be [out, r] (p_row = r, p_col = 1) or Pᵀ [r, out] (1, out).
+void combine_norm(int64_t out, int64_t r, const float* w0_sqnorm, const float* P, int64_t p_row,
+                  int64_t p_col, const float* G, const float* B, float scale, float* norm) {
     const double s = scale;
     const int threads = elementwise_threads(out * r * r);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (int64_t i = 0; i < out; ++i) {
         const float* b = B + i * r;
-        const float* p = P.data() + i * r;
+        const float* p = P + i * p_row;
         double cross = 0.0, quadratic = 0.0;
         for (int64_t a = 0; a < r; ++a) {
-            cross += (double)p[a] * (double)b[a];
+            cross += (double)p[a * p_col] * (double)b[a];
             double gb = 0.0;
             for (int64_t c = 0; c < r; ++c) gb += (double)G[(size_t)(a * r + c)] * (double)b[c];
             quadratic += (double)b[a] * gb;
         }
         const double squared = (double)w0_sqnorm[i] + 2.0 * s * cross + s * s * quadratic;
         norm[i] = (float)std::sqrt(std::max(0.0, squared));
+    }
+}
+
+void weight_norm(int64_t out, int64_t in, int64_t r, const float* W0, const float* w0_sqnorm,
+                 const float* A, const float* B, float scale, float* norm) {
+    std::vector<float> P((size_t)(out * r));
+    GemmOutput p_out;
+    p_out.c = P.data();
+    p_out.ldc = r;
+    gemm(out, r, Operand(matrix_piece(W0, in, false, in)), Operand(matrix_piece(A, in, true, in)),
+         p_out);
+    const std::vector<float> G = gram(in, r, A);
+    combine_norm(out, r, w0_sqnorm, P.data(), r, 1, G.data(), B, scale, norm);
+}
+
+// y = g ⊙ z + bias, g = magnitude / norm per column; z may be y.
+void scale_columns(int64_t M, int64_t out, const float* z, const float* magnitude,
+                   const float* norm, const float* bias, float* y) {
+    std::vector<float> g((size_t)out);
+    for (int64_t j = 0; j < out; ++j) g[(size_t)j] = magnitude[j] / norm[j];
+    const float* gp = g.data();
+    const int threads = elementwise_threads(M * out);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t t = 0; t < M; ++t) {
+        const float* zt = z + t * out;
+        float* yt = y + t * out;
+        if (bias != nullptr) {
+#pragma omp simd
+            for (int64_t j = 0; j < out; ++j) yt[j] = gp[j] * zt[j] + bias[j];
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < out; ++j) yt[j] = gp[j] * zt[j];
+        }
     }
 }
 
@@ -85,22 +121,7 @@ lk_status forward(int64_t M, int64_t in, int64_t out, int64_t r, const float* x,
     const lk_status status = lk_cpu_lora_forward(M, in, out, r, x, W0, nullptr, A, B, scale, 0.0f,
                                                  0, pre_scale, u);
     if (status != LK_OK) return status;
-    std::vector<float> g((size_t)out);
-    for (int64_t j = 0; j < out; ++j) g[(size_t)j] = magnitude[j] / norm[j];
-    const float* gp = g.data();
-    const int threads = elementwise_threads(M * out);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int64_t t = 0; t < M; ++t) {
-        const float* zt = pre_scale + t * out;
-        float* yt = y + t * out;
-        if (bias != nullptr) {
-#pragma omp simd
-            for (int64_t j = 0; j < out; ++j) yt[j] = gp[j] * zt[j] + bias[j];
-        } else {
-#pragma omp simd
-            for (int64_t j = 0; j < out; ++j) yt[j] = gp[j] * zt[j];
-        }
-    }
+    scale_columns(M, out, pre_scale, magnitude, norm, bias, y);
     return LK_OK;
 }
 
@@ -266,5 +287,77 @@ LK_API lk_status lk_cpu_dora_scale_rows(int64_t out, int64_t in, float* W, const
 #pragma omp simd
         for (int64_t k = 0; k < in; ++k) w[k] *= factor;
     }
+    return LK_OK;
+}
+
+LK_API lk_status lk_cpu_dora_weight_norm_pt(int64_t out, int64_t in, int64_t r,
+                                            const float* w0_sqnorm, const float* Pt,
+                                            const float* A, const float* B, float scale,
+                                            float* norm) {
+    static const char* const fn = "lk_cpu_dora_weight_norm_pt";
+    ArgCheck check(fn);
+    check.nonnegative("out", out)
+        .nonnegative("in", in)
+        .at_least("r", (double)r, 1.0)
+        .not_null("w0_sqnorm", w0_sqnorm, out > 0)
+        .not_null("Pt", Pt, out > 0)
+        .not_null("A", A, in > 0)
+        .not_null("B", B, out > 0)
+        .not_null("norm", norm, out > 0)
+        .finite("scale", scale);
+    if (!check.ok()) return check.status();
+    return lk::cpu::guarded(fn, [&] {
+        const std::vector<float> G = lk::cpu::gram(in, r, A);
+        lk::cpu::combine_norm(out, r, w0_sqnorm, Pt, 1, out, G.data(), B, scale, norm);
+        return LK_OK;
+    });
+}
+
+LK_API lk_status lk_cpu_dora_scale_columns(int64_t M, int64_t out, const float* z,
+                                           const float* magnitude, const float* norm,
+                                           const float* bias, float* y) {
+    static const char* const fn = "lk_cpu_dora_scale_columns";
+    ArgCheck check(fn);
+    check.nonnegative("M", M)
+        .nonnegative("out", out)
+        .not_null("z", z, M > 0 && out > 0)
+        .not_null("magnitude", magnitude, out > 0)
+        .not_null("norm", norm, out > 0)
+        .not_null("y", y, M > 0 && out > 0);
+    if (!check.ok()) return check.status();
+    return lk::cpu::guarded(fn, [&] {
+        lk::cpu::scale_columns(M, out, z, magnitude, norm, bias, y);
+        return LK_OK;
+    });
+}
+
+LK_API lk_status lk_cpu_dora_scale_grad(int64_t M, int64_t out, const float* dy, const float* z,
+                                        const float* magnitude, const float* norm,
+                                        float* dmagnitude, float* dz) {
+    static const char* const fn = "lk_cpu_dora_scale_grad";
+    ArgCheck check(fn);
+    check.nonnegative("M", M)
+        .nonnegative("out", out)
+        .not_null("dy", dy, M > 0 && out > 0)
+        .not_null("z", z, dmagnitude != nullptr && M > 0 && out > 0)
+        .not_null("magnitude", magnitude, dz != nullptr && out > 0)
+        .not_null("norm", norm, out > 0);
+    if (!check.ok()) return check.status();
+    return lk::cpu::guarded(fn, [&] {
+        lk::cpu::magnitude_grad_and_scale(M, out, dy, z, magnitude, norm, dmagnitude, dz);
+        return LK_OK;
+    });
+}
+
+LK_API lk_status lk_cpu_dora_dropout(int64_t n, const float* x, float p, uint64_t seed, float* y) {
+    static const char* const fn = "lk_cpu_dora_dropout";
+    ArgCheck check(fn);
+    check.nonnegative("n", n).not_null("x", x, n > 0).not_null("y", y, n > 0);
+    if (!check.ok()) return check.status();
+    if (!(p >= 0.0f && p < 1.0f))
+        return lk::fail(LK_ERR_INVALID_ARGUMENT, "%s: p = %g is not in [0, 1)", fn, (double)p);
+    const int threads = lk::cpu::elementwise_threads(n);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * lk_dropout_factor(seed, (lk_u64)i, p);
     return LK_OK;
 }

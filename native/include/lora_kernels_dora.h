@@ -9,7 +9,8 @@
  *   n_i² = ‖w_i‖² + 2s·(W0 Aᵀ)_i·B_i + s²·B_i (A Aᵀ) B_iᵀ, clamped at 0 before the sqrt,
  * with ‖w_i‖² computed once per frozen W0 (lk_cpu_dora_row_sqnorm). A row whose norm is 0 gives
  * g = m / 0 = ±inf (or NaN for m = 0), as PEFT's division does.
- * Dropout > 0 in training (PEFT's second base matmul on dropout(x)) is not offered here. */
+ * Dropout > 0 in training (PEFT's second base matmul on dropout(x)) is composed by the C# side
+ * (Ops.Dora.ForwardWithDropout) from these exports, the LoRA ones and lk_cpu_dora_dropout. */
 #ifndef LORA_KERNELS_DORA_H
 #define LORA_KERNELS_DORA_H
 
@@ -52,5 +53,30 @@ LK_API lk_status lk_cpu_dora_backward(int64_t M, int64_t in, int64_t out, int64_
  * W [out, in]. */
 LK_API lk_status lk_cpu_dora_scale_rows(int64_t out, int64_t in, float* W, const float* magnitude,
                                         const float* norm, int32_t invert);
+
+/* QDoRA's norm (lk_cpu_dora_weight_norm with P given transposed, as A·deq(W)ᵀ from the 4-bit
+ * matmul): Pt = (W0 Aᵀ)ᵀ [r, out], G = A Aᵀ formed here. w0_sqnorm [out], A [r, in], B [out, r],
+ * norm [out]. r >= 1. */
+LK_API lk_status lk_cpu_dora_weight_norm_pt(int64_t out, int64_t in, int64_t r,
+                                            const float* w0_sqnorm, const float* Pt,
+                                            const float* A, const float* B, float scale,
+                                            float* norm);
+
+/* The forward's column scale alone: y = (magnitude / norm) ⊙ z + bias (bias may be NULL; z may
+ * be y). z, y [M, out]. Used where z comes from another base (QDoRA's 4-bit QLoRA forward). */
+LK_API lk_status lk_cpu_dora_scale_columns(int64_t M, int64_t out, const float* z,
+                                           const float* magnitude, const float* norm,
+                                           const float* bias, float* y);
+
+/* The backward's first pass alone: dmagnitude[j] = Σ_t dy·z / norm[j] and dz = dy ⊙ (magnitude /
+ * norm); either output may be NULL. dy, z, dz [M, out]. */
+LK_API lk_status lk_cpu_dora_scale_grad(int64_t M, int64_t out, const float* dy, const float* z,
+                                        const float* magnitude, const float* norm,
+                                        float* dmagnitude, float* dz);
+
+/* y = x ⊙ lk_dropout_factor(seed, i, p) per flat element i (kernels/common.cuh: the mask the LoRA
+ * kernels apply to x [M, in]), p in [0, 1); x may be y. DoRA's training path with dropout uses it
+ * for dropout(x) and to mask dx. x, y [n]. */
+LK_API lk_status lk_cpu_dora_dropout(int64_t n, const float* x, float p, uint64_t seed, float* y);
 
 #endif /* LORA_KERNELS_DORA_H */

@@ -20,6 +20,21 @@ internal partial interface IBackend
     void DoraBackward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
                       Tensor magnitude, Tensor norm, Tensor? dx, Tensor? dA, Tensor? dB, Tensor? dMagnitude);
 
+    /// <summary>
+    /// QDoRA's norm: as <see cref="DoraWeightNorm"/> with P given transposed, pt = (W0 Aᵀ)ᵀ [r, out] F32
+    /// (A·deq(W)ᵀ from the 4-bit matmul); G = A Aᵀ is formed here. F32 layers only.
+    /// </summary>
+    void DoraWeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm);
+
+    /// <summary>y = (m / norm) ⊙ z + bias, the forward's column scale alone (z may be y).</summary>
+    void DoraScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y);
+
+    /// <summary>dm = Σ_t dy ⊙ z / norm and dz = dy ⊙ m / norm, the backward's first pass alone; null outputs are skipped.</summary>
+    void DoraScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz);
+
+    /// <summary>y = x ⊙ mask, the LoRA kernels' hashed dropout mask on flat element i (F32; x may be y).</summary>
+    void DoraDropout(Tensor x, float p, ulong seed, Tensor y);
+
     /// <summary>w[i, :] *= m_i / norm_i, or norm_i / m_i when <paramref name="invert"/>.</summary>
     void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert);
 }

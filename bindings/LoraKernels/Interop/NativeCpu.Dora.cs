@@ -26,4 +26,19 @@ internal static unsafe partial class NativeCpu
     [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_dora_scale_rows(long outFeatures, long inFeatures, float* w, float* magnitude,
                                                      float* norm, int invert);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_weight_norm_pt(long outFeatures, long inFeatures, long r, float* w0Sqnorm, float* pt,
+                                                         float* a, float* b, float scale, float* norm);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_scale_columns(long m, long outFeatures, float* z, float* magnitude, float* norm,
+                                                        float* bias, float* y);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_scale_grad(long m, long outFeatures, float* dy, float* z, float* magnitude,
+                                                     float* norm, float* dMagnitude, float* dz);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_dropout(long n, float* x, float p, ulong seed, float* y);
 }

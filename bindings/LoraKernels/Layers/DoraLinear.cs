@@ -4,18 +4,25 @@
 // U(±1/sqrt(in)) from SplitMix64(seed), B = 0) and the magnitude m [out] as PEFT's,
 // m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base layer. ‖W0‖²_row is
 // computed once (W0 is frozen) and every forward derives n from it without forming B·A.
-// Dropout: PEFT's DoRA with dropout p > 0 in training adds (g - 1) ⊙ (dropout(x) W0ᵀ), a second
-// full base product; it is not implemented, so a training forward with Dropout > 0 throws
-// NotSupportedException (eval mode ignores dropout, as PEFT does, so a layer configured with
-// dropout > 0 still runs for inference). Merge folds the adapter as PEFT does,
+// Dropout: with p > 0 in training the layer runs PEFT's dropout formula (Ops.Dora.ForwardWithDropout:
+// y = (x W0ᵀ + b) + (g − 1) ⊙ (x_d W0ᵀ) + g ⊙ s·(x_d Aᵀ Bᵀ), a second base product), F32 layers only
+// (a BF16 layer training with dropout throws NotSupportedException); eval ignores dropout, as PEFT
+// does. Each dropout forward draws its seed from the layer's stream (as LoraLinear). Merge folds the adapter as PEFT does,
 // W0 ← (m/n) ⊙ (W0 + s·B·A), keeping n for Unmerge; while merged the layer computes x W0ᵀ + bias.
+// QDoRA: over a QuantizedWeight base (F32 compute dtype) the layer owns the weight, as QloraLinear
+// owns its 4-bit base; ‖deq(W)‖²_row is computed once by dequantizing into a temporary, and each
+// step runs the quantized Ops.Dora overloads (deq(W) never formed). Merge on a quantized base throws
+// NotSupportedException (PEFT dequantizes, merges and requantizes; this build does not).
 using LoraKernels.Autograd;
+using LoraKernels.Runtime;
 
 namespace LoraKernels.Layers;
 
 public sealed class DoraLinear : IAdapterLayer
 {
     private readonly Tensor _w0RowSquaredNorm;
+    private readonly Tensor? _w0;
+    private readonly SplitMix64 _dropoutSeeds;
     private Tensor? _mergedNorm;
     private bool _disposed;
 
@@ -51,12 +58,13 @@ public sealed class DoraLinear : IAdapterLayer
         Dropout = dropout;
         UseRsLora = useRsLora;
         Scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
+        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
 
         var created = new List<IDisposable>();
         try
         {
-            W0 = CopyTo(w0, device, dtype);
-            created.Add(W0);
+            _w0 = CopyTo(w0, device, dtype);
+            created.Add(_w0);
             if (bias is not null)
             {
                 Bias = CopyTo(bias, device, dtype);
@@ -66,10 +74,77 @@ public sealed class DoraLinear : IAdapterLayer
             created.Add(A);
             B = new Parameter("lora_B", Tensor.Zeros(device, dtype, OutFeatures, r));
             created.Add(B);
-            _w0RowSquaredNorm = Ops.Dora.RowSquaredNorm(W0);
+            _w0RowSquaredNorm = Ops.Dora.RowSquaredNorm(_w0);
             created.Add(_w0RowSquaredNorm);
             using Tensor initialNorm = WeightNorm();
             Magnitude = new Parameter("lora_magnitude_vector", CopyTo(initialNorm, device, dtype));
+        }
+        catch
+        {
+            foreach (IDisposable item in created) item.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// QDoRA: wraps the quantized base <paramref name="w0"/> [out, in] (F32 compute dtype, on
+    /// <paramref name="device"/>), taking ownership of it (also when construction fails: it is then
+    /// disposed), and <paramref name="bias"/> [out] (copied; the caller keeps it). The magnitude starts
+    /// at ‖deq(W)‖_row; deq(W) is formed once, here, for that row norm and freed.
+    /// </summary>
+    public DoraLinear(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout = 0f,
+                      bool useRsLora = false, ulong seed = 0)
+    {
+        const string op = "DoraLinear";
+        ArgumentNullException.ThrowIfNull(w0);
+        var created = new List<IDisposable> { w0 };
+        try
+        {
+            ArgumentNullException.ThrowIfNull(device);
+            w0.ThrowIfDisposed(nameof(w0));
+            if (w0.Shape.Count != 2 || w0.Shape[0] < 1 || w0.Shape[1] < 1)
+                throw new ArgumentException($"{op}: w0 must be a quantized matrix [out, in], got {w0.Describe()}", nameof(w0));
+            if (!ReferenceEquals(w0.Device, device))
+                throw new ArgumentException($"{op}: w0 is on {w0.Device}, the layer on {device}; quantize on the layer's device.", nameof(w0));
+            if (w0.DType != DType.F32)
+                throw new NotSupportedException($"{op}: QDoRA needs an F32 compute dtype in this build (its norm reads A·deq(W)ᵀ in fp32), got {w0.Describe()}.");
+            long outFeatures = w0.Shape[0], inFeatures = w0.Shape[1];
+            if (bias is not null)
+            {
+                Ops.Checks.Alive(bias, op, nameof(bias));
+                if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
+                    throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
+            }
+            if (r < 1) throw new ArgumentOutOfRangeException(nameof(r), r, $"{op}: the rank r must be >= 1.");
+            if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, $"{op}: alpha must be finite.");
+            Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
+            if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
+                throw new ArgumentException($"{op}: w0 is {w0.Describe()}; in and out must fit in 32 bits.", nameof(w0));
+
+            Device = device;
+            DType = DType.F32;
+            InFeatures = (int)inFeatures;
+            OutFeatures = (int)outFeatures;
+            Rank = r;
+            Alpha = alpha;
+            Dropout = dropout;
+            UseRsLora = useRsLora;
+            Scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
+        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
+            QuantizedW0 = w0;
+            if (bias is not null)
+            {
+                Bias = CopyTo(bias, device, DType.F32);
+                created.Add(Bias);
+            }
+            A = new Parameter("lora_A", Tensor.FromArray(device, LoraLinear.InitialA(seed, r, InFeatures), DType.F32, r, InFeatures));
+            created.Add(A);
+            B = new Parameter("lora_B", Tensor.Zeros(device, DType.F32, OutFeatures, r));
+            created.Add(B);
+            _w0RowSquaredNorm = Ops.Dora.RowSquaredNorm(w0);
+            created.Add(_w0RowSquaredNorm);
+            using Tensor initialNorm = WeightNorm();
+            Magnitude = new Parameter("lora_magnitude_vector", initialNorm.Clone());
         }
         catch
         {
@@ -99,13 +174,20 @@ public sealed class DoraLinear : IAdapterLayer
     /// <summary>lora_magnitude_vector [out] (the layer's dtype), initialised to ‖W0‖_row.</summary>
     public Parameter Magnitude { get; }
 
-    /// <summary>The frozen base weight [out, in] (holding (m/n)·(W0 + s·B·A) while merged).</summary>
-    public Tensor W0 { get; }
+    /// <summary>The frozen dense base weight [out, in] (holding (m/n)·(W0 + s·B·A) while merged).</summary>
+    /// <exception cref="InvalidOperationException">The base is quantized (see <see cref="QuantizedW0"/>).</exception>
+    public Tensor W0 => _w0 ?? throw new InvalidOperationException("The DoraLinear layer has a quantized base (QDoRA); see QuantizedW0.");
+
+    /// <summary>The frozen 4-bit base weight [out, in] of a QDoRA layer (owned), or null for a dense base.</summary>
+    public QuantizedWeight? QuantizedW0 { get; }
+
+    /// <summary>Whether the base is quantized (QDoRA).</summary>
+    public bool IsQuantized => QuantizedW0 is not null;
 
     /// <summary>The frozen base bias [out], or null.</summary>
     public Tensor? Bias { get; }
 
-    /// <summary>PyTorch's module.training; true for a new layer. With Dropout &gt; 0 only eval (false) can run.</summary>
+    /// <summary>PyTorch's module.training; true for a new layer. Dropout applies only while training.</summary>
     public bool Training { get; set; } = true;
 
     public bool Merged { get; private set; }
@@ -119,7 +201,7 @@ public sealed class DoraLinear : IAdapterLayer
     }
 
     /// <summary>y [M, out] for x [M, in] without recording gradients.</summary>
-    /// <exception cref="NotSupportedException">Training with Dropout &gt; 0 (set Training = false for inference).</exception>
+    /// <exception cref="NotSupportedException">A BF16 layer training with Dropout &gt; 0.</exception>
     public Tensor Forward(Tensor x)
     {
         ThrowIfDisposed();
@@ -130,9 +212,18 @@ public sealed class DoraLinear : IAdapterLayer
             unusedU.Dispose();
             return merged;
         }
-        ThrowIfDropoutActive();
+        ThrowIfDropoutUnsupported();
         using Tensor norm = WeightNorm();
-        var (y, u, _) = Ops.Dora.Forward(x, W0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false);
+        if (DropoutActive)
+        {
+            var (yDropout, state) = Ops.Dora.ForwardWithDropout(x, _w0, QuantizedW0, Bias, A.Value, B.Value, Magnitude.Value, norm,
+                                                                Scale, Dropout, NextDropoutSeed());
+            state.Dispose();
+            return yDropout;
+        }
+        var (y, u, _) = QuantizedW0 is not null
+            ? Ops.Dora.Forward(x, QuantizedW0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false)
+            : Ops.Dora.Forward(x, W0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false);
         u.Dispose();
         return y;
     }
@@ -142,13 +233,20 @@ public sealed class DoraLinear : IAdapterLayer
     {
         ThrowIfDisposed();
         if (Merged) throw new InvalidOperationException("The DoraLinear layer is merged; its weight norm is that of the unmerged W0 (call Unmerge).");
-        return Ops.Dora.WeightNorm(W0, A.Value, B.Value, Scale, _w0RowSquaredNorm);
+        return QuantizedW0 is not null
+            ? Ops.Dora.WeightNorm(QuantizedW0, A.Value, B.Value, Scale, _w0RowSquaredNorm)
+            : Ops.Dora.WeightNorm(W0, A.Value, B.Value, Scale, _w0RowSquaredNorm);
     }
 
     /// <summary>W0 ← (m/n) ⊙ (W0 + s·B·A) (PEFT merge), n kept for Unmerge. Does nothing when already merged.</summary>
+    /// <exception cref="NotSupportedException">The base is quantized (QDoRA).</exception>
     public void Merge()
     {
         ThrowIfDisposed();
+        if (QuantizedW0 is not null)
+            throw new NotSupportedException(
+                "DoraLinear: merging into a quantized base is not supported (PEFT dequantizes, merges and requantizes, which changes the base); " +
+                "build a dense DoraLinear from Ops.Nf4.Dequantize(QuantizedW0) to merge.");
         if (Merged) return;
         Tensor norm = WeightNorm();
         try
@@ -183,12 +281,18 @@ public sealed class DoraLinear : IAdapterLayer
         yield return Magnitude;
     }
 
-    internal void ThrowIfDropoutActive()
+    /// <summary>Whether a forward now runs PEFT's dropout path (training with Dropout &gt; 0).</summary>
+    internal bool DropoutActive => Training && Dropout > 0f;
+
+    /// <summary>The dropout seed of the next training forward.</summary>
+    internal ulong NextDropoutSeed() => _dropoutSeeds.NextUInt64();
+
+    internal void ThrowIfDropoutUnsupported()
     {
-        if (Training && Dropout > 0f)
+        if (DropoutActive && DType != DType.F32)
             throw new NotSupportedException(
-                $"DoraLinear: dropout {Dropout} in training is not supported (PEFT's DoRA dropout path needs a second base product); " +
-                "use dropout 0 or set Training = false for inference.");
+                $"DoraLinear: dropout {Dropout} in training runs in F32 only in this build, the layer is {DType}; " +
+                "use dropout 0, an F32 layer, or set Training = false for inference.");
     }
 
     private static Tensor CopyTo(Tensor source, Device device, DType dtype)
@@ -214,7 +318,8 @@ public sealed class DoraLinear : IAdapterLayer
         A.Dispose();
         B.Dispose();
         Magnitude.Dispose();
-        W0.Dispose();
+        _w0?.Dispose();
+        QuantizedW0?.Dispose();
         Bias?.Dispose();
         _w0RowSquaredNorm.Dispose();
         _mergedNorm?.Dispose();

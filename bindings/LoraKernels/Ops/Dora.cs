@@ -4,11 +4,11 @@
 // The norm is computed from ‖W0‖²_row without forming B·A (REFERENCE.md §11). Checks every
 // argument, allocates the outputs, then dispatches to the device's backend (native CPU kernels or
 // kernels/dora.cu composed with kernels/lora.cu). Dropout is not part of these ops: PEFT's DoRA
-// with dropout > 0 in training needs a second base product on dropout(x), which DoraLinear rejects
-// (docs/DECISIONS.md, DoRA, states that path's backward).
+// with dropout > 0 in training needs a second base product on dropout(x) (Dora.Dropout.cs); the
+// quantized base (QDoRA) is in Dora.Quantized.cs.
 namespace LoraKernels.Ops;
 
-public static class Dora
+public static partial class Dora
 {
     private readonly record struct Dims(long M, long In, long Out, long R, DType DType, Device Device);
 

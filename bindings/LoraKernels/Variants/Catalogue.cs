@@ -139,8 +139,9 @@ public static class Catalogue
                         "QDoRA (Answer.AI, 2024) is DoRA over a QLoRA base and has no paper of its own"),
             Summary = "DoRA over a frozen NF4 base (the base is dequantized for the row norm).",
             ParameterFormula = "r·(in + out) + out", CountParameters = (i, o, opt) => Rank(opt, 8) * (i + o) + o,
-            Defaults = "as DoRA and QLoRA",
-            Availability = Availability.NotYetAvailable, Issue = LaterIssue,
+            Backends = AllDevices, DTypes = [DType.F32],
+            Defaults = "as DoRA and QLoRA (NF4, block 64, double quantization); F32 compute dtype; no merge",
+            Availability = Availability.Available, Issue = ThisIssue,
         },
         new()
         {
@@ -263,6 +264,8 @@ public static class Catalogue
                 return new LoraFaLinear(device, w0, bias, r, alpha, options.Dropout, useRsLora: false, options.Seed, options.DType);
             case "qlora":
                 return new QloraLinear(device, w0, bias, r, alpha, options.Dropout, useRsLora: false, options.Seed, options.DType);
+            case "qdora":
+                return CreateQDora(device, w0, bias, r, alpha, options);
             case "loftq":
                 return CreateLoftQ(device, w0, bias, r, alpha, options);
             default:
@@ -367,6 +370,28 @@ public static class Catalogue
         if (projections.Rank != r)
             throw new ArgumentException($"Catalogue: the VeRA projections have rank {projections.Rank}, the options ask for r = {r}.", nameof(options));
         return new VeraLinear(device, w0, bias, projections, options.Dropout, options.VeraDInitial, options.DType, options.Seed);
+    }
+
+    /// <summary>A DoRA layer over w0 quantized as QLoRA's base (NF4, block 64, double quantization), F32 only.</summary>
+    private static IAdapterLayer CreateQDora(Device device, Tensor w0, Tensor? bias, int r, float alpha, AdapterOptions options)
+    {
+        if (options.DType != DType.F32)
+            throw new NotSupportedException($"Catalogue: QDoRA builds F32 layers in this build (its norm reads A·deq(W)ᵀ in fp32); got {options.DType}.");
+        QuantizedWeight quantized;
+        using (Tensor onDevice = w0.To(device))
+        {
+            if (onDevice.DType == DType.F32)
+            {
+                quantized = Ops.Nf4.Quantize(onDevice, QuantType.Nf4, blockSize: 64, doubleQuant: true);
+            }
+            else
+            {
+                using Tensor weight = Ops.Elementwise.Cast(onDevice, DType.F32);
+                quantized = Ops.Nf4.Quantize(weight, QuantType.Nf4, blockSize: 64, doubleQuant: true);
+            }
+        }
+        // The layer owns the quantized weight from here (it disposes it if construction fails).
+        return new DoraLinear(device, quantized, bias, r, alpha, options.Dropout, useRsLora: false, options.Seed);
     }
 
     /// <summary>A QLoRA layer initialised by LoftQ: its NF4 base and A, B from LoftQ.Initialize.</summary>

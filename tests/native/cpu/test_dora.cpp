@@ -1,7 +1,8 @@
 // lk_cpu_dora_* against naive double-precision references written here: the weight norm against
 // the materialised ‖W0 + s·B·A‖_row (including rows where s·B·A nearly or exactly cancels W0),
 // the forward and backward against y = (m/n) ⊙ (x W0ᵀ + s·x Aᵀ Bᵀ) + bias and its gradient with
-// n detached, and the merge row scaling.
+// n detached, and the merge row scaling; and the pieces QDoRA and the dropout path compose (the norm
+// from a transposed projection, the column-scale and dm/dz passes alone, the hashed dropout mask).
 //
 // Shapes: out/in/r from 1 to 1030 (in = 1030 passes every ISA's kc block), primes and
 // non-multiples of every micro-tile; M in {1, 33, 130} (the dot-product path and the packed GEMM).
@@ -298,6 +299,91 @@ TEST(DoraArguments, BadArgumentsAreRejectedWithTheirName) {
     EXPECT_EQ(lk_cpu_dora_row_sqnorm(-1, 1, v, v), LK_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(lk_cpu_dora_scale_rows(1, 1, v, v, v, 2), LK_ERR_INVALID_ARGUMENT);
     EXPECT_NE(last_error().find("invert = 2"), std::string::npos) << last_error();
+}
+
+// ---- the pieces QDoRA and the dropout path compose ---------------------------------------------
+
+// lk_cpu_dora_weight_norm_pt with Pt = (W0 Aᵀ)ᵀ formed here in double: the same bound as the norm test
+// (no cancelling rows here, so E / n_ref applies).
+TEST(DoraPieces, WeightNormFromTransposedProjection_out13_in67_r5) {
+    const int64_t out = 13, in = 67, r = 5;
+    const float s = 1.25f;
+    Rng rng(21);
+    const std::vector<float> W0 = rng.vector(out * in), A = rng.vector(r * in), B = rng.vector(out * r);
+    std::vector<float> sqnorm((size_t)out), Pt((size_t)(r * out)), norm((size_t)out);
+    ASSERT_EQ(lk_cpu_dora_row_sqnorm(out, in, W0.data(), sqnorm.data()), LK_OK) << last_error();
+    for (int64_t a = 0; a < r; ++a)
+        for (int64_t i = 0; i < out; ++i) {
+            double p = 0.0;
+            for (int64_t k = 0; k < in; ++k) p += (double)W0[(size_t)(i * in + k)] * A[(size_t)(a * in + k)];
+            Pt[(size_t)(a * out + i)] = (float)p;
+        }
+    ASSERT_EQ(lk_cpu_dora_weight_norm_pt(out, in, r, sqnorm.data(), Pt.data(), A.data(), B.data(), s, norm.data()), LK_OK)
+        << last_error();
+    const std::vector<double> ref = reference_norm(out, in, r, W0, A, B, s);
+    for (int64_t i = 0; i < out; ++i) {
+        double mag2 = 0.0;
+        for (int64_t k = 0; k < in; ++k) {
+            double m = std::fabs(W0[(size_t)(i * in + k)]);
+            for (int64_t a = 0; a < r; ++a) m += s * std::fabs(B[(size_t)(i * r + a)] * A[(size_t)(a * in + k)]);
+            mag2 += m * m;
+        }
+        const double e = 4.0 * (double)(in + r + 2) * kUnitRoundoff * mag2;
+        const double bound = std::min(std::sqrt(e), e / ref[(size_t)i]) + 2.0 * kUnitRoundoff * ref[(size_t)i] + kAtol;
+        EXPECT_NEAR(norm[(size_t)i], ref[(size_t)i], bound) << "row " << i;
+    }
+}
+
+// The exported column-scale and dm/dz passes are the dense forward's and backward's own.
+TEST(DoraPieces, ScaleColumnsAndScaleGradAreTheDensePasses_M33_in20_out70_r3) {
+    const int64_t M = 33, in = 20, out = 70, r = 3;
+    Rng rng(22);
+    const std::vector<float> x = rng.vector(M * in), W0 = rng.vector(out * in), A = rng.vector(r * in),
+                             B = rng.vector(out * r), bias = rng.vector(out), dy = rng.vector(M * out);
+    const std::vector<float> m = positive(rng, out), n = positive(rng, out);
+    std::vector<float> y((size_t)(M * out)), u((size_t)(M * r)), z((size_t)(M * out)), y2((size_t)(M * out));
+    ASSERT_EQ(lk_cpu_dora_forward(M, in, out, r, x.data(), W0.data(), bias.data(), A.data(), B.data(), 0.5f, m.data(),
+                                  n.data(), y.data(), u.data(), z.data()),
+              LK_OK) << last_error();
+    ASSERT_EQ(lk_cpu_dora_scale_columns(M, out, z.data(), m.data(), n.data(), bias.data(), y2.data()), LK_OK) << last_error();
+    EXPECT_EQ(y2, y);
+    std::vector<float> dm((size_t)out), dm2((size_t)out), dz((size_t)(M * out));
+    ASSERT_EQ(lk_cpu_dora_backward(M, in, out, r, x.data(), W0.data(), A.data(), B.data(), u.data(), z.data(), dy.data(),
+                                   0.5f, m.data(), n.data(), nullptr, nullptr, nullptr, dm.data()),
+              LK_OK) << last_error();
+    ASSERT_EQ(lk_cpu_dora_scale_grad(M, out, dy.data(), z.data(), m.data(), n.data(), dm2.data(), dz.data()), LK_OK)
+        << last_error();
+    EXPECT_EQ(dm2, dm);
+    std::vector<double> dz_ref((size_t)(M * out)), dz_mag((size_t)(M * out));
+    for (int64_t t = 0; t < M; ++t)
+        for (int64_t j = 0; j < out; ++j) {
+            const size_t e = (size_t)(t * out + j);
+            dz_ref[e] = (double)dy[e] * m[(size_t)j] / n[(size_t)j];
+            dz_mag[e] = std::fabs(dz_ref[e]);
+        }
+    // Two roundings (the factor m/n, the product).
+    EXPECT_TRUE(all_near(dz.data(), out, M, out, dz_ref, dz_mag, 0.0, 2.0 * kUnitRoundoff));
+}
+
+TEST(DoraPieces, DropoutIsTheHashedMask_n1001) {
+    const int64_t n = 1001;
+    Rng rng(23);
+    const std::vector<float> x = rng.vector(n);
+    std::vector<float> y((size_t)n);
+    ASSERT_EQ(lk_cpu_dora_dropout(n, x.data(), 0.3f, 99, y.data()), LK_OK) << last_error();
+    int dropped = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double factor = dropout_factor(99, (uint64_t)i, 0.3f);
+        dropped += factor == 0.0;
+        EXPECT_EQ(y[(size_t)i], (float)((double)x[(size_t)i] * factor)) << "element " << i;
+    }
+    EXPECT_GT(dropped, 200);
+    EXPECT_LT(dropped, 400);
+    float v[1] = {1};
+    EXPECT_EQ(lk_cpu_dora_dropout(1, v, 1.0f, 0, v), LK_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("p = 1"), std::string::npos) << last_error();
+    EXPECT_EQ(lk_cpu_dora_scale_grad(1, 1, v, nullptr, v, v, v, nullptr), LK_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("z is NULL"), std::string::npos) << last_error();
 }
 
 }  // namespace

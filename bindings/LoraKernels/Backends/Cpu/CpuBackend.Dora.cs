@@ -44,6 +44,37 @@ internal sealed unsafe partial class CpuBackend
         f32.WriteBack();
     }
 
+    public void DoraWeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
+    {
+        using var f32 = new Fp32Staging();
+        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_pt(b.Shape[0], a.Shape[1], a.Shape[0], f32.Input(w0SquaredNorm), f32.Input(pt),
+                                                       f32.Input(a), f32.Input(b), scale, f32.Output(norm)));
+        f32.WriteBack();
+    }
+
+    public void DoraScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
+    {
+        using var f32 = new Fp32Staging();
+        Check.Cpu(NativeCpu.lk_cpu_dora_scale_columns(z.Shape[0], z.Shape[1], f32.Input(z), f32.Input(magnitude), f32.Input(norm),
+                                                      f32.Input(bias), f32.Output(y)));
+        f32.WriteBack();
+    }
+
+    public void DoraScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz)
+    {
+        using var f32 = new Fp32Staging();
+        Check.Cpu(NativeCpu.lk_cpu_dora_scale_grad(dy.Shape[0], dy.Shape[1], f32.Input(dy), f32.Input(z), f32.Input(magnitude),
+                                                   f32.Input(norm), f32.Output(dMagnitude), f32.Output(dz)));
+        f32.WriteBack();
+    }
+
+    public void DoraDropout(Tensor x, float p, ulong seed, Tensor y)
+    {
+        using var f32 = new Fp32Staging();
+        Check.Cpu(NativeCpu.lk_cpu_dora_dropout(x.ElementCount, f32.Input(x), p, seed, f32.Output(y)));
+        f32.WriteBack();
+    }
+
     public void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
     {
         using var f32 = new Fp32Staging();

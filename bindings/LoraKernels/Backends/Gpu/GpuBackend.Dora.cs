@@ -81,6 +81,59 @@ internal sealed partial class GpuBackend
         LoraBackward(x, w0, a, b, u, dz, scale, 0f, 0, dx, dA, dB);
     }
 
+    public void DoraWeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
+    {
+        int outFeatures = checked((int)b.Shape[0]), inFeatures = checked((int)a.Shape[1]);
+        int rank = checked((int)a.Shape[0]);
+        using Tensor g = Tensor.Empty(a.Device, DType.F32, rank, rank);
+        using (var args = new KernelArguments()
+                   .Pointer(a.Address).Pointer(a.Address).Pointer(g.Address)
+                   .Int(rank).Int(inFeatures).Int(rank).Float(0f).ULong(0))
+            _device.Launch("lk_lora_project_f32", LoraTileGrid(rank, rank), new Dim3(LoraTileThreads), 0, args);
+        using var normArgs = new KernelArguments()
+            .Pointer(w0SquaredNorm.Address).Pointer(pt.Address).Pointer(g.Address).Pointer(b.Address).Pointer(norm.Address)
+            .Int(outFeatures).Int(rank).Float(scale);
+        _device.Launch("lk_dora_weight_norm_pt_f32", new Dim3((uint)CeilDiv(outFeatures, DoraThreads)),
+                       new Dim3(DoraThreads), 0, normArgs);
+    }
+
+    public void DoraScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
+    {
+        int tokens = checked((int)z.Shape[0]), outFeatures = checked((int)z.Shape[1]);
+        using var args = new KernelArguments()
+            .Pointer(z.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(bias?.Address ?? 0)
+            .Pointer(y.Address).Int(tokens).Int(outFeatures);
+        LaunchElementwise("lk_dora_scale_columns_" + KernelSuffix(z.DType), (long)tokens * outFeatures, args);
+    }
+
+    public void DoraScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz)
+    {
+        int tokens = checked((int)dy.Shape[0]), outFeatures = checked((int)dy.Shape[1]);
+        string suffix = KernelSuffix(dy.DType);
+        if (dMagnitude is not null)
+        {
+            using var args = new KernelArguments()
+                .Pointer(dy.Address).Pointer(z.Address).Pointer(norm.Address).Pointer(dMagnitude.Address)
+                .Int(tokens).Int(outFeatures);
+            _device.Launch("lk_dora_magnitude_grad_" + suffix, new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
+                           new Dim3(DoraThreads), 0, args);
+        }
+        if (dz is not null)
+        {
+            using var args = new KernelArguments()
+                .Pointer(dy.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(dz.Address)
+                .Int(tokens).Int(outFeatures);
+            LaunchElementwise("lk_dora_scale_grad_" + suffix, (long)tokens * outFeatures, args);
+        }
+    }
+
+    public void DoraDropout(Tensor x, float p, ulong seed, Tensor y)
+    {
+        int n = checked((int)x.ElementCount);
+        using var args = new KernelArguments().Pointer(x.Address).Pointer(y.Address).Int(n).Float(p).ULong(seed);
+        LaunchElementwise("lk_dora_dropout_f32", n, args);
+    }
+
     public void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
     {
         int outFeatures = checked((int)w.Shape[0]), inFeatures = checked((int)w.Shape[1]);
