@@ -1,7 +1,7 @@
 // A linear layer with a DoRA adapter, as PEFT's lora.Linear with use_dora=True (REFERENCE.md §2):
 //   y = bias + (m / n) ⊙ (x W0ᵀ + s·(x Aᵀ) Bᵀ),   n = ‖W0 + s·B·A‖_row (detached),
 // s = alpha/r (or alpha/sqrt(r) with rsLoRA). A and B are initialised as LoraLinear's (A
-// U(±1/sqrt(in)) from SplitMix64(seed), B = 0) and the magnitude m [out] as PEFT's,
+// U(±1/sqrt(in)) from SplitMix64(seed), B = 0; RankAdapter) and the magnitude m [out] as PEFT's,
 // m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base layer. ‖W0‖²_row is
 // computed once (W0 is frozen) and every forward derives n from it without forming B·A.
 // Dropout: with p > 0 in training the layer runs PEFT's dropout formula (Ops.Dora.ForwardWithDropout:
@@ -20,6 +20,8 @@ namespace LoraKernels.Layers;
 
 public sealed class DoraLinear : IAdapterLayer
 {
+    private const string Op = "DoraLinear";
+
     private readonly Tensor _w0RowSquaredNorm;
     private readonly Tensor? _w0;
     private readonly SplitMix64 _dropoutSeeds;
@@ -32,58 +34,8 @@ public sealed class DoraLinear : IAdapterLayer
     /// </summary>
     public DoraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                       bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
+        : this(device, DenseBase(device, w0, bias, r, alpha, dropout, dtype), r, alpha, dropout, useRsLora, seed)
     {
-        const string op = "DoraLinear";
-        ArgumentNullException.ThrowIfNull(device);
-        Ops.Checks.Alive(w0, op, nameof(w0));
-        (long outFeatures, long inFeatures) = Ops.Checks.Matrix(op, nameof(w0), w0, "out, in");
-        if (bias is not null)
-        {
-            Ops.Checks.Alive(bias, op, nameof(bias));
-            if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
-                throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
-        }
-        if (r < 1) throw new ArgumentOutOfRangeException(nameof(r), r, $"{op}: the rank r must be >= 1.");
-        if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, $"{op}: alpha must be finite.");
-        Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
-        if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
-            throw new ArgumentException($"{op}: w0 is {w0.Describe()}; in and out must fit in 32 bits.", nameof(w0));
-
-        Device = device;
-        DType = dtype;
-        InFeatures = (int)inFeatures;
-        OutFeatures = (int)outFeatures;
-        Rank = r;
-        Alpha = alpha;
-        Dropout = dropout;
-        UseRsLora = useRsLora;
-        Scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
-        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
-
-        var created = new List<IDisposable>();
-        try
-        {
-            _w0 = CopyTo(w0, device, dtype);
-            created.Add(_w0);
-            if (bias is not null)
-            {
-                Bias = CopyTo(bias, device, dtype);
-                created.Add(Bias);
-            }
-            A = new Parameter("lora_A", Tensor.FromArray(device, LoraLinear.InitialA(seed, r, InFeatures), dtype, r, InFeatures));
-            created.Add(A);
-            B = new Parameter("lora_B", Tensor.Zeros(device, dtype, OutFeatures, r));
-            created.Add(B);
-            _w0RowSquaredNorm = Ops.Dora.RowSquaredNorm(_w0);
-            created.Add(_w0RowSquaredNorm);
-            using Tensor initialNorm = WeightNorm();
-            Magnitude = new Parameter("lora_magnitude_vector", CopyTo(initialNorm, device, dtype));
-        }
-        catch
-        {
-            foreach (IDisposable item in created) item.Dispose();
-            throw;
-        }
     }
 
     /// <summary>
@@ -94,63 +46,106 @@ public sealed class DoraLinear : IAdapterLayer
     /// </summary>
     public DoraLinear(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                       bool useRsLora = false, ulong seed = 0)
+        : this(device, QuantizedBase(device, w0, bias, r, alpha, dropout), r, alpha, dropout, useRsLora, seed)
     {
-        const string op = "DoraLinear";
+    }
+
+    /// <summary>
+    /// Takes ownership of the checked base, then creates A and B (RankAdapter), ‖W0‖²_row and the
+    /// magnitude m0 = ‖W0‖_row; if any of these fails, releases everything already owned, the base included.
+    /// </summary>
+    private DoraLinear(Device device, FrozenBase frozen, int r, float alpha, float dropout, bool useRsLora, ulong seed)
+    {
+        Device = device;
+        DType = frozen.DType;
+        InFeatures = frozen.InFeatures;
+        OutFeatures = frozen.OutFeatures;
+        _w0 = frozen.Dense;
+        QuantizedW0 = frozen.Quantized;
+        Bias = frozen.Bias;
+        Rank = r;
+        Alpha = alpha;
+        Dropout = dropout;
+        UseRsLora = useRsLora;
+        Scale = RankAdapter.Scale(alpha, r, useRsLora);
+        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
+        try
+        {
+            (A, B) = RankAdapter.CreatePair(device, DType, r, InFeatures, OutFeatures, seed);
+            _w0RowSquaredNorm = QuantizedW0 is not null ? Ops.Dora.RowSquaredNorm(QuantizedW0) : Ops.Dora.RowSquaredNorm(W0);
+            using Tensor initialNorm = WeightNorm();
+            Magnitude = new Parameter("lora_magnitude_vector", Nf4Linear.CopyTo(initialNorm, device, DType));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The frozen base a constructor has checked and owns: a dense copy or the quantized weight, and the bias copy.</summary>
+    private readonly record struct FrozenBase(Tensor? Dense, QuantizedWeight? Quantized, Tensor? Bias, DType DType,
+                                              int OutFeatures, int InFeatures);
+
+    /// <summary>Checks the dense base and the adapter's arguments, then copies w0 and bias to the layer's device and dtype.</summary>
+    private static FrozenBase DenseBase(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout, DType dtype)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        Ops.Checks.Alive(w0, Op, nameof(w0));
+        (long outFeatures, long inFeatures) = Ops.Checks.Matrix(Op, nameof(w0), w0, "out, in");
+        CheckBiasAndAdapter(bias, r, alpha, dropout, outFeatures, inFeatures, w0.Describe());
+        Tensor dense = Nf4Linear.CopyTo(w0, device, dtype);
+        try
+        {
+            Tensor? biasCopy = bias is null ? null : Nf4Linear.CopyTo(bias, device, dtype);
+            return new FrozenBase(dense, null, biasCopy, dtype, (int)outFeatures, (int)inFeatures);
+        }
+        catch
+        {
+            dense.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Checks the quantized base and the adapter's arguments, then copies bias; disposes w0 when anything fails.</summary>
+    private static FrozenBase QuantizedBase(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout)
+    {
         ArgumentNullException.ThrowIfNull(w0);
-        var created = new List<IDisposable> { w0 };
         try
         {
             ArgumentNullException.ThrowIfNull(device);
             w0.ThrowIfDisposed(nameof(w0));
             if (w0.Shape.Count != 2 || w0.Shape[0] < 1 || w0.Shape[1] < 1)
-                throw new ArgumentException($"{op}: w0 must be a quantized matrix [out, in], got {w0.Describe()}", nameof(w0));
+                throw new ArgumentException($"{Op}: w0 must be a quantized matrix [out, in], got {w0.Describe()}", nameof(w0));
             if (!ReferenceEquals(w0.Device, device))
-                throw new ArgumentException($"{op}: w0 is on {w0.Device}, the layer on {device}; quantize on the layer's device.", nameof(w0));
+                throw new ArgumentException($"{Op}: w0 is on {w0.Device}, the layer on {device}; quantize on the layer's device.", nameof(w0));
             if (w0.DType != DType.F32)
-                throw new NotSupportedException($"{op}: QDoRA needs an F32 compute dtype in this build (its norm reads A·deq(W)ᵀ in fp32), got {w0.Describe()}.");
+                throw new NotSupportedException($"{Op}: QDoRA needs an F32 compute dtype in this build (its norm reads A·deq(W)ᵀ in fp32), got {w0.Describe()}.");
             long outFeatures = w0.Shape[0], inFeatures = w0.Shape[1];
-            if (bias is not null)
-            {
-                Ops.Checks.Alive(bias, op, nameof(bias));
-                if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
-                    throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
-            }
-            if (r < 1) throw new ArgumentOutOfRangeException(nameof(r), r, $"{op}: the rank r must be >= 1.");
-            if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, $"{op}: alpha must be finite.");
-            Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
-            if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
-                throw new ArgumentException($"{op}: w0 is {w0.Describe()}; in and out must fit in 32 bits.", nameof(w0));
-
-            Device = device;
-            DType = DType.F32;
-            InFeatures = (int)inFeatures;
-            OutFeatures = (int)outFeatures;
-            Rank = r;
-            Alpha = alpha;
-            Dropout = dropout;
-            UseRsLora = useRsLora;
-            Scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
-        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
-            QuantizedW0 = w0;
-            if (bias is not null)
-            {
-                Bias = CopyTo(bias, device, DType.F32);
-                created.Add(Bias);
-            }
-            A = new Parameter("lora_A", Tensor.FromArray(device, LoraLinear.InitialA(seed, r, InFeatures), DType.F32, r, InFeatures));
-            created.Add(A);
-            B = new Parameter("lora_B", Tensor.Zeros(device, DType.F32, OutFeatures, r));
-            created.Add(B);
-            _w0RowSquaredNorm = Ops.Dora.RowSquaredNorm(w0);
-            created.Add(_w0RowSquaredNorm);
-            using Tensor initialNorm = WeightNorm();
-            Magnitude = new Parameter("lora_magnitude_vector", initialNorm.Clone());
+            CheckBiasAndAdapter(bias, r, alpha, dropout, outFeatures, inFeatures, w0.Describe());
+            Tensor? biasCopy = bias is null ? null : Nf4Linear.CopyTo(bias, device, DType.F32);
+            return new FrozenBase(null, w0, biasCopy, DType.F32, (int)outFeatures, (int)inFeatures);
         }
         catch
         {
-            foreach (IDisposable item in created) item.Dispose();
+            w0.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The checks both bases share, in DenseAdapterLinear's order: bias [out], r, alpha and dropout, then 32-bit dims.</summary>
+    private static void CheckBiasAndAdapter(Tensor? bias, int r, float alpha, float dropout, long outFeatures, long inFeatures,
+                                            string w0Description)
+    {
+        if (bias is not null)
+        {
+            Ops.Checks.Alive(bias, Op, nameof(bias));
+            if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
+                throw new ArgumentException($"{Op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
+        }
+        RankAdapter.CheckArguments(Op, r, alpha, dropout);
+        if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
+            throw new ArgumentException($"{Op}: w0 is {w0Description}; in and out must fit in 32 bits.", "w0");
     }
 
     public Device Device { get; }
@@ -295,33 +290,20 @@ public sealed class DoraLinear : IAdapterLayer
                 "use dropout 0, an F32 layer, or set Training = false for inference.");
     }
 
-    private static Tensor CopyTo(Tensor source, Device device, DType dtype)
-    {
-        Tensor moved = source.To(device);
-        if (moved.DType == dtype) return moved;
-        try
-        {
-            return Ops.Elementwise.Cast(moved, dtype);
-        }
-        finally
-        {
-            moved.Dispose();
-        }
-    }
-
     private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
 
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        A.Dispose();
-        B.Dispose();
-        Magnitude.Dispose();
+        // A failing constructor calls this too, before A, B, the row norm or the magnitude may exist.
+        A?.Dispose();
+        B?.Dispose();
+        Magnitude?.Dispose();
         _w0?.Dispose();
         QuantizedW0?.Dispose();
         Bias?.Dispose();
-        _w0RowSquaredNorm.Dispose();
+        _w0RowSquaredNorm?.Dispose();
         _mergedNorm?.Dispose();
     }
 }

@@ -96,9 +96,6 @@ public sealed class LoraLinear : DenseAdapterLinear
     /// <summary>The dropout seed of the next forward call.</summary>
     internal ulong NextDropoutSeed() => _dropoutSeeds.NextUInt64();
 
-    /// <summary>A's initial values as <see cref="RankAdapter.InitialA"/>; DoraLinear draws its A through this.</summary>
-    internal static float[] InitialA(ulong seed, int r, int inFeatures) => RankAdapter.InitialA(seed, r, inFeatures);
-
     /// <summary>See <see cref="Tape.Lora"/>.</summary>
     private protected override Variable Record(Tape tape, Variable x) => tape.Lora(this, x);
 }

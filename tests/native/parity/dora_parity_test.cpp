@@ -3,7 +3,9 @@
 // composes them: the weight norm against a materialised double-precision ‖W0 + s·B·A‖_row
 // (random and near-cancelling rows), the forward, backward and merge row scaling against
 // lk_cpu_dora_* on the same (dtype-rounded) inputs. The LoRA GEMMs' own paths (decode, tiled)
-// are covered by lora_parity_test.cpp; here the forward uses project + tiled for every M.
+// are covered by lora_parity_test.cpp; here the forward uses project + tiled for every M. QDoRA's
+// transposed norm (lk_dora_weight_norm_pt_f32) and the training dropout (lk_dora_dropout_f32,
+// bit-exact) are compared with lk_cpu_dora_weight_norm_pt and lk_cpu_dora_dropout.
 //
 // Tolerances: parity::Near's formula (K = the longest fp32 chain behind an output; bound = the
 // CPU computation on absolute values), plus, for bf16, one bf16 rounding (2^-8 relative) per
@@ -96,6 +98,18 @@ std::vector<double> MaterialisedNorm(int out, int in, int r, const std::vector<f
     return n;
 }
 
+// Rows 0 (mod 3) of w become -s·B_i·A scaled by (1 + 1 % noise); row 0 exactly -s·B_0·A (before rounding to float).
+void CancelEveryThirdRow(const DoraCase& c, const std::vector<float>& a, const std::vector<float>& b,
+                         const std::vector<float>& noise, float scale, std::vector<float>& w) {
+    for (int i = 0; i < c.out; i += 3)
+        for (int k = 0; k < c.in; ++k) {
+            double ba = 0.0;
+            for (int t = 0; t < c.r; ++t) ba += (double)b[(size_t)i * c.r + t] * a[(size_t)t * c.in + k];
+            const double delta = i == 0 ? 0.0 : 1e-2;
+            w[(size_t)i * c.in + k] = (float)(-scale * ba * (1.0 + delta * noise[(size_t)i * c.in + k]));
+        }
+}
+
 class DoraParity : public ::testing::TestWithParam<DoraCase> {};
 
 // Rows 0 (mod 3) of W0 are -s·B_i·A (rounded to the dtype) plus 1 % noise; row 0 without noise.
@@ -110,14 +124,7 @@ TEST_P(DoraParity, WeightNormMatchesMaterialisedNorm) {
     const std::vector<float> noise = parity::RandomValues((size_t)c.out * c.in, seed + 4);
     for (bool cancel : {false, true}) {
         SCOPED_TRACE(CaseName(c) + (cancel ? " near-cancelling rows" : " random rows"));
-        if (cancel)
-            for (int i = 0; i < c.out; i += 3)
-                for (int k = 0; k < c.in; ++k) {
-                    double ba = 0.0;
-                    for (int t = 0; t < c.r; ++t) ba += (double)b[(size_t)i * c.r + t] * a[(size_t)t * c.in + k];
-                    const double delta = i == 0 ? 0.0 : 1e-2;
-                    w[(size_t)i * c.in + k] = (float)(-scale * ba * (1.0 + delta * noise[(size_t)i * c.in + k]));
-                }
+        if (cancel) CancelEveryThirdRow(c, a, b, noise, scale, w);
         Buffer W0(c.dtype, w);
         Buffer norm;
         ASSERT_TRUE(GpuWeightNorm(c.dtype, c.out, c.in, c.r, W0, A, B, scale, norm));
@@ -269,7 +276,120 @@ TEST_P(DoraParity, ScaleRowsMatchesCpuBothWays) {
     }
 }
 
+// QDoRA's norm: G = A Aᵀ (lk_lora_project_f32) and lk_dora_weight_norm_pt_f32 on Pt [r, out], as
+// GpuBackend.DoraWeightNormTransposed launches them, against lk_cpu_dora_weight_norm_pt on the same
+// ‖w‖² and Pt (both from a W0 in double, rounded once). Rows 0 (mod 3) are near-cancelling as in
+// WeightNormMatchesMaterialisedNorm. Tolerance: that test's formula with
+// mag² = ‖w‖² + 2s·Σ_a |Pt_ai||B_ia| + s²·Σ_ac |B_ia|·(|A||A|ᵀ)_ac·|B_ic| (the absolute terms of each side's sum).
+// f32 only: the kernel exists for F32 layers alone (QDoRA).
+class DoraTransposedNormParity : public ::testing::TestWithParam<DoraCase> {};
+
+TEST_P(DoraTransposedNormParity, MatchesCpu) {
+    const DoraCase c = GetParam();
+    const float scale = 1.25f;
+    const uint32_t seed = (uint32_t)(c.out * 104729 + c.in * 7 + c.r * 13);
+    const std::vector<float> a = parity::RandomValues((size_t)c.r * c.in, seed + 1);
+    const std::vector<float> b = parity::RandomValues((size_t)c.out * c.r, seed + 2);
+    std::vector<float> w = parity::RandomValues((size_t)c.out * c.in, seed + 3);
+    const std::vector<float> noise = parity::RandomValues((size_t)c.out * c.in, seed + 4);
+    CancelEveryThirdRow(c, a, b, noise, scale, w);
+    std::vector<float> sq((size_t)c.out), pt((size_t)c.r * c.out);
+    for (int i = 0; i < c.out; ++i) {
+        double sum = 0.0;
+        for (int k = 0; k < c.in; ++k) sum += (double)w[(size_t)i * c.in + k] * w[(size_t)i * c.in + k];
+        sq[(size_t)i] = (float)sum;
+        for (int t = 0; t < c.r; ++t) {
+            double p = 0.0;
+            for (int k = 0; k < c.in; ++k) p += (double)w[(size_t)i * c.in + k] * a[(size_t)t * c.in + k];
+            pt[(size_t)t * c.out + i] = (float)p;
+        }
+    }
+    std::vector<float> want((size_t)c.out);
+    ASSERT_EQ(LK_OK, lk_cpu_dora_weight_norm_pt(c.out, c.in, c.r, sq.data(), pt.data(), a.data(), b.data(), scale,
+                                                want.data()));
+
+    Buffer A(DType::F32, a), B(DType::F32, b), Sq(DType::F32, sq), Pt(DType::F32, pt);
+    Buffer G = Buffer::Poisoned(DType::F32, (size_t)c.r * c.r), norm = Buffer::Poisoned(DType::F32, (size_t)c.out);
+    ASSERT_TRUE(Launch("lk_lora_project_f32", parity::TileGrid(c.r, c.r), parity::kTileThreads, 0, A.data(), A.data(),
+                       (float*)G.data(), c.r, c.in, c.r, 0.0f, 0ull));
+    ASSERT_TRUE(Launch("lk_dora_weight_norm_pt_f32", {(uint32_t)parity::CeilDiv(c.out, kDoraThreads), 1},
+                       kDoraThreads, 0, (const float*)Sq.data(), (const float*)Pt.data(), (const float*)G.data(),
+                       (const float*)B.data(), (float*)norm.data(), c.out, c.r, scale));
+    const std::vector<float> got = norm.values();
+    for (int i = 0; i < c.out; ++i) {
+        double mag2 = sq[(size_t)i];
+        for (int t = 0; t < c.r; ++t) {
+            mag2 += 2.0 * scale * std::fabs((double)pt[(size_t)t * c.out + i]) * std::fabs((double)b[(size_t)i * c.r + t]);
+            for (int u = 0; u < c.r; ++u) {
+                double g_abs = 0.0;
+                for (int k = 0; k < c.in; ++k)
+                    g_abs += std::fabs((double)a[(size_t)t * c.in + k]) * std::fabs((double)a[(size_t)u * c.in + k]);
+                mag2 += (double)scale * scale * std::fabs((double)b[(size_t)i * c.r + t]) * g_abs *
+                        std::fabs((double)b[(size_t)i * c.r + u]);
+            }
+        }
+        const double E = 4.0 * (c.in + 2.0 * c.r + 2.0) * parity::kF32Unit * mag2;
+        const double n_ref = want[(size_t)i];
+        const double tol =
+            std::min(std::sqrt(E), n_ref > 0 ? E / n_ref : INFINITY) + 2 * parity::kF32Unit * n_ref + parity::kAtol;
+        ASSERT_TRUE(std::isfinite(got[(size_t)i]) && got[(size_t)i] >= 0.0f) << "row " << i;
+        EXPECT_NEAR(got[(size_t)i], n_ref, tol) << "row " << i << " (E = " << E << ")";
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, DoraParity, ::testing::ValuesIn(AllCases()),
                          [](const auto& info) { return CaseName(info.param); });
+
+std::vector<DoraCase> F32Cases() {
+    std::vector<DoraCase> cases;
+    for (const DoraCase& c : AllCases())
+        if (c.dtype == DType::F32) cases.push_back(c);
+    return cases;
+}
+INSTANTIATE_TEST_SUITE_P(Shapes, DoraTransposedNormParity, ::testing::ValuesIn(F32Cases()),
+                         [](const auto& info) { return CaseName(info.param); });
+
+// lk_dora_dropout_f32 with GpuBackend.DoraDropout's grid against lk_cpu_dora_dropout: both apply
+// lk_dropout_factor (common.cuh) to the same element index with one multiply, so y (and with it the
+// mask) must match bit for bit. n includes 1, primes and more elements than the grid has threads
+// (8·4 blocks × 256), so the grid-stride loop wraps. A kept element is x·(1/(1 - p)), a dropped one 0.
+class DoraDropoutParity : public ::testing::TestWithParam<int> {};
+
+TEST_P(DoraDropoutParity, MatchesCpuBitExact) {
+    const int n = GetParam();
+    const unsigned long long seed = 0x9E3779B97F4A7C15ull;  // high bits set: the 64-bit argument passes whole
+    for (float p : {0.0f, 0.1f, 0.5f, 0.9f}) {
+        SCOPED_TRACE("p = " + std::to_string(p));
+        const std::vector<float> xv = Positive((size_t)n, (uint32_t)n * 31u + 7u);
+        std::vector<float> want((size_t)n);
+        ASSERT_EQ(LK_OK, lk_cpu_dora_dropout(n, xv.data(), p, seed, want.data()));
+        Buffer x(DType::F32, xv), y = Buffer::Poisoned(DType::F32, (size_t)n);
+        ASSERT_TRUE(Launch("lk_dora_dropout_f32", ElementwiseGrid(n), kDoraThreads, 0, (const float*)x.data(),
+                           (float*)y.data(), n, p, seed));
+        const std::vector<float> got = y.values();
+        ASSERT_EQ(0, std::memcmp(got.data(), want.data(), sizeof(float) * (size_t)n));
+        const float keep = p > 0.0f ? 1.0f / (1.0f - p) : 1.0f;
+        int dropped = 0;
+        for (int i = 0; i < n; ++i) {
+            if (got[(size_t)i] == 0.0f) {
+                ++dropped;
+            } else {
+                ASSERT_EQ(got[(size_t)i], xv[(size_t)i] * keep) << "element " << i;
+            }
+        }
+        if (p == 0.0f) EXPECT_EQ(dropped, 0);
+        if (n >= 8193) {  // the drop count is Binomial(n, p): within 6 standard deviations
+            const double sigma = std::sqrt(n * (double)p * (1.0 - p));
+            EXPECT_NEAR(dropped, n * (double)p, 6.0 * sigma + 1.0);
+        }
+        // x may be y (the header's contract): in place gives the same bits.
+        ASSERT_TRUE(Launch("lk_dora_dropout_f32", ElementwiseGrid(n), kDoraThreads, 0, (const float*)x.data(),
+                           (float*)x.data(), n, p, seed));
+        EXPECT_EQ(0, std::memcmp(x.values().data(), want.data(), sizeof(float) * (size_t)n));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, DoraDropoutParity, ::testing::Values(1, 97, 256, 8193, 10007),
+                         [](const auto& info) { return "n" + std::to_string(info.param); });
 
 }  // namespace
