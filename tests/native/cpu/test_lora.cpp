@@ -278,9 +278,14 @@ TEST_P(LoraBackward, MatchesReference) {
 
 std::vector<Shape> backward_shapes() {
     std::vector<Shape> shapes;
-    for (int64_t M : {1, 7, 33, 130})
+    // M <= 16: the small-M dx path (gemv_tn.h), 16 its largest M and its 8-row register tile.
+    for (int64_t M : {1, 7, 16, 33, 130})
         for (auto io : {std::pair<int64_t, int64_t>{37, 53}, {300, 130}, {70, 1030}})
             shapes.push_back({M, io.first, io.second});
+    // Small M with enough work (>= 2e6 multiply-adds) that the dx path splits W0's rows across
+    // threads and reduces their partial dx (run with 2 or more OpenMP threads).
+    shapes.push_back({1, 1030, 2053});
+    shapes.push_back({16, 300, 1030});
     return shapes;
 }
 
