@@ -17,7 +17,7 @@ internal sealed partial class GpuBackend
     {
         int outFeatures = checked((int)w0.Shape[0]), inFeatures = checked((int)w0.Shape[1]);
         using var args = new KernelArguments().Pointer(w0.Address).Pointer(sqnorm.Address).Int(outFeatures).Int(inFeatures);
-        _device.Launch("lk_dora_row_sqnorm_" + KernelSuffix(w0.DType),
+        _device.Launch(KernelFor(w0.DType, "lk_dora_row_sqnorm_f32", "lk_dora_row_sqnorm_bf16"),
                        new Dim3((uint)CeilDiv(outFeatures, DoraRowsPerSqnormBlock)), new Dim3(DoraThreads), 0, args);
     }
 
@@ -25,22 +25,22 @@ internal sealed partial class GpuBackend
     {
         int outFeatures = checked((int)w0.Shape[0]), inFeatures = checked((int)w0.Shape[1]);
         int rank = checked((int)a.Shape[0]);
-        string suffix = KernelSuffix(w0.DType);
+        DType kernelDType = w0.DType;
         using Tensor p = Tensor.Empty(w0.Device, DType.F32, outFeatures, rank);
         using Tensor g = Tensor.Empty(w0.Device, DType.F32, rank, rank);
         // lk_lora_project computes u = x Aᵀ; with x := W0 it is P = W0 Aᵀ, with x := A it is G = A Aᵀ.
         using (var args = new KernelArguments()
                    .Pointer(w0.Address).Pointer(a.Address).Pointer(p.Address)
                    .Int(outFeatures).Int(inFeatures).Int(rank).Float(0f).ULong(0))
-            _device.Launch("lk_lora_project_" + suffix, LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
+            _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
         using (var args = new KernelArguments()
                    .Pointer(a.Address).Pointer(a.Address).Pointer(g.Address)
                    .Int(rank).Int(inFeatures).Int(rank).Float(0f).ULong(0))
-            _device.Launch("lk_lora_project_" + suffix, LoraTileGrid(rank, rank), new Dim3(LoraTileThreads), 0, args);
+            _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(rank, rank), new Dim3(LoraTileThreads), 0, args);
         using var normArgs = new KernelArguments()
             .Pointer(w0SquaredNorm.Address).Pointer(p.Address).Pointer(g.Address).Pointer(b.Address).Pointer(norm.Address)
             .Int(outFeatures).Int(rank).Float(scale);
-        _device.Launch("lk_dora_weight_norm_" + suffix, new Dim3((uint)CeilDiv(outFeatures, DoraThreads)),
+        _device.Launch(KernelFor(kernelDType, "lk_dora_weight_norm_f32", "lk_dora_weight_norm_bf16"), new Dim3((uint)CeilDiv(outFeatures, DoraThreads)),
                        new Dim3(DoraThreads), 0, normArgs);
     }
 
@@ -55,7 +55,7 @@ internal sealed partial class GpuBackend
         using var args = new KernelArguments()
             .Pointer(preScale.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(bias?.Address ?? 0)
             .Pointer(y.Address).Int(tokens).Int(outFeatures);
-        LaunchElementwise("lk_dora_scale_columns_" + KernelSuffix(x.DType), (long)tokens * outFeatures, args);
+        LaunchElementwise(KernelFor(x.DType, "lk_dora_scale_columns_f32", "lk_dora_scale_columns_bf16"), (long)tokens * outFeatures, args);
     }
 
     public void DoraBackward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
@@ -63,13 +63,13 @@ internal sealed partial class GpuBackend
     {
         int outFeatures = checked((int)w0.Shape[0]);
         int tokens = checked((int)(x.ElementCount / w0.Shape[1]));
-        string suffix = KernelSuffix(x.DType);
+        DType kernelDType = x.DType;
         if (dMagnitude is not null)
         {
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(z.Address).Pointer(norm.Address).Pointer(dMagnitude.Address)
                 .Int(tokens).Int(outFeatures);
-            _device.Launch("lk_dora_magnitude_grad_" + suffix, new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
+            _device.Launch(KernelFor(kernelDType, "lk_dora_magnitude_grad_f32", "lk_dora_magnitude_grad_bf16"), new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
                            new Dim3(DoraThreads), 0, args);
         }
         if (dx is null && dA is null && dB is null) return;
@@ -77,7 +77,7 @@ internal sealed partial class GpuBackend
         using (var args = new KernelArguments()
                    .Pointer(dy.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(dz.Address)
                    .Int(tokens).Int(outFeatures))
-            LaunchElementwise("lk_dora_scale_grad_" + suffix, (long)tokens * outFeatures, args);
+            LaunchElementwise(KernelFor(kernelDType, "lk_dora_scale_grad_f32", "lk_dora_scale_grad_bf16"), (long)tokens * outFeatures, args);
         LoraBackward(x, w0, a, b, u, dz, scale, 0f, 0, dx, dA, dB);
     }
 
@@ -103,19 +103,19 @@ internal sealed partial class GpuBackend
         using var args = new KernelArguments()
             .Pointer(z.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(bias?.Address ?? 0)
             .Pointer(y.Address).Int(tokens).Int(outFeatures);
-        LaunchElementwise("lk_dora_scale_columns_" + KernelSuffix(z.DType), (long)tokens * outFeatures, args);
+        LaunchElementwise(KernelFor(z.DType, "lk_dora_scale_columns_f32", "lk_dora_scale_columns_bf16"), (long)tokens * outFeatures, args);
     }
 
     public void DoraScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz)
     {
         int tokens = checked((int)dy.Shape[0]), outFeatures = checked((int)dy.Shape[1]);
-        string suffix = KernelSuffix(dy.DType);
+        DType kernelDType = dy.DType;
         if (dMagnitude is not null)
         {
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(z.Address).Pointer(norm.Address).Pointer(dMagnitude.Address)
                 .Int(tokens).Int(outFeatures);
-            _device.Launch("lk_dora_magnitude_grad_" + suffix, new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
+            _device.Launch(KernelFor(kernelDType, "lk_dora_magnitude_grad_f32", "lk_dora_magnitude_grad_bf16"), new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
                            new Dim3(DoraThreads), 0, args);
         }
         if (dz is not null)
@@ -123,7 +123,7 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(dz.Address)
                 .Int(tokens).Int(outFeatures);
-            LaunchElementwise("lk_dora_scale_grad_" + suffix, (long)tokens * outFeatures, args);
+            LaunchElementwise(KernelFor(kernelDType, "lk_dora_scale_grad_f32", "lk_dora_scale_grad_bf16"), (long)tokens * outFeatures, args);
         }
     }
 
@@ -140,6 +140,6 @@ internal sealed partial class GpuBackend
         using var args = new KernelArguments()
             .Pointer(w.Address).Pointer(magnitude.Address).Pointer(norm.Address)
             .Int(outFeatures).Int(inFeatures).Int(invert ? 1 : 0);
-        LaunchElementwise("lk_dora_scale_rows_" + KernelSuffix(w.DType), (long)outFeatures * inFeatures, args);
+        LaunchElementwise(KernelFor(w.DType, "lk_dora_scale_rows_f32", "lk_dora_scale_rows_bf16"), (long)outFeatures * inFeatures, args);
     }
 }

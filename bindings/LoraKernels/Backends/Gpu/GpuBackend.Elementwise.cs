@@ -74,7 +74,7 @@ internal sealed partial class GpuBackend
     {
         long n = tensor.ElementCount;
         if (n == 0) return;
-        string kernel = "lk_ew_fill_" + KernelSuffix(tensor.DType);
+        string kernel = KernelFor(tensor.DType, "lk_ew_fill_f32", "lk_ew_fill_bf16");
         using var args = new KernelArguments().Pointer(tensor.Address).Float(value).Long(n);
         LaunchElementwise(kernel, n, args);
     }

@@ -26,7 +26,7 @@ internal sealed partial class GpuBackend
                             float dropoutP, ulong seed, Tensor y, Tensor u)
     {
         var (tokens, inFeatures, outFeatures, rank) = LoraDims(x, w0, a);
-        string suffix = KernelSuffix(x.DType);
+        DType kernelDType = x.DType;
         var decode = LoraDecodeGeometry(tokens, inFeatures, outFeatures, rank, _device.MultiprocessorCount,
                                         _device.MaxDynamicSharedBytesPerBlock);
         if (decode is { } geometry)
@@ -36,7 +36,7 @@ internal sealed partial class GpuBackend
                 .Pointer(b.Address).Pointer(y.Address).Pointer(u.Address)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank)
                 .Float(scale).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_lora_forward_decode_" + suffix, new Dim3(geometry.Blocks), new Dim3(LoraDecodeThreads),
+            _device.Launch(KernelFor(kernelDType, "lk_lora_forward_decode_f32", "lk_lora_forward_decode_bf16"), new Dim3(geometry.Blocks), new Dim3(LoraDecodeThreads),
                            geometry.SharedBytes, args);
             return;
         }
@@ -46,14 +46,14 @@ internal sealed partial class GpuBackend
             using var projectArgs = new KernelArguments()
                 .Pointer(x.Address).Pointer(a.Address).Pointer(u.Address)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_lora_project_" + suffix, LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0,
                            projectArgs);
         }
         using var tiledArgs = new KernelArguments()
             .Pointer(x.Address).Pointer(w0.Address).Pointer(bias?.Address ?? 0).Pointer(u.Address)
             .Pointer(b.Address).Pointer(y.Address)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(scale);
-        _device.Launch("lk_lora_forward_tiled_" + suffix, LoraTileGrid(tokens, outFeatures),
+        _device.Launch(KernelFor(kernelDType, "lk_lora_forward_tiled_f32", "lk_lora_forward_tiled_bf16"), LoraTileGrid(tokens, outFeatures),
                        new Dim3(LoraTileThreads), 0, tiledArgs);
     }
 
@@ -61,7 +61,7 @@ internal sealed partial class GpuBackend
                              float dropoutP, ulong seed, Tensor? dx, Tensor? dA, Tensor? dB)
     {
         var (tokens, inFeatures, outFeatures, rank) = LoraDims(x, w0, a);
-        string suffix = KernelSuffix(x.DType);
+        DType kernelDType = x.DType;
 
         // du = scale·dy·B feeds dA and dx; it lives only for this call.
         using Tensor? du = rank > 0 && (dA is not null || dx is not null)
@@ -72,14 +72,14 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(b.Address).Pointer(du.Address)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
-            _device.Launch("lk_lora_grad_u_" + suffix, LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
         }
         if (dB is not null && rank > 0)
         {
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(u.Address).Pointer(dB.Address)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
-            _device.Launch("lk_lora_grad_b_" + suffix, LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0,
                            args);
         }
         if (dA is not null && du is not null)
@@ -87,7 +87,7 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(du.Address).Pointer(x.Address).Pointer(dA.Address)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_lora_grad_a_" + suffix, LoraTileGrid(rank, inFeatures), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_a_f32", "lk_lora_grad_a_bf16"), LoraTileGrid(rank, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
         }
         if (dx is not null)
@@ -96,7 +96,7 @@ internal sealed partial class GpuBackend
                 .Pointer(dy.Address).Pointer(w0.Address).Pointer(du?.Address ?? 0).Pointer(a.Address)
                 .Pointer(dx.Address)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_lora_grad_x_" + suffix, LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
         }
     }
@@ -109,7 +109,7 @@ internal sealed partial class GpuBackend
         using var args = new KernelArguments()
             .Pointer(w.Address).Pointer(a.Address).Pointer(b.Address)
             .Int(outFeatures).Int(inFeatures).Int(rank).Float(scale);
-        _device.Launch("lk_lora_merge_" + KernelSuffix(w.DType), LoraTileGrid(outFeatures, inFeatures),
+        _device.Launch(KernelFor(w.DType, "lk_lora_merge_f32", "lk_lora_merge_bf16"), LoraTileGrid(outFeatures, inFeatures),
                        new Dim3(LoraTileThreads), 0, args);
     }
 
@@ -157,11 +157,14 @@ internal sealed partial class GpuBackend
                 checked((int)a.Shape[0]));
     }
 
-    /// <summary>The dtype part of an entry point's name: lk_lora_merge_f32, lk_lora_merge_bf16, ...</summary>
-    private static string KernelSuffix(DType dtype) => dtype switch
+    /// <summary>
+    /// The entry point for the tensors' storage dtype. Both names are written out in full at each
+    /// launch so every kernel a backend launches can be found by its name.
+    /// </summary>
+    private static string KernelFor(DType dtype, string f32Kernel, string bf16Kernel) => dtype switch
     {
-        DType.F32 => "f32",
-        DType.BF16 => "bf16",
+        DType.F32 => f32Kernel,
+        DType.BF16 => bf16Kernel,
         _ => throw new NotSupportedException($"The GPU kernels have no variant for dtype {dtype}."),
     };
 

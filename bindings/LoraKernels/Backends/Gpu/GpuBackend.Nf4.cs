@@ -27,7 +27,7 @@ internal sealed partial class GpuBackend
         using var args = new KernelArguments()
             .Pointer(weight.Address).Pointer(destination.CodesAddress).Pointer(destination.AbsmaxAddress)
             .Long(n).Int(destination.BlockSize).Int((int)destination.QuantType);
-        _device.Launch("lk_nf4_quantize_" + KernelSuffix(weight.DType),
+        _device.Launch(KernelFor(weight.DType, "lk_nf4_quantize_f32", "lk_nf4_quantize_bf16"),
                        new Dim3(checked((uint)CeilDiv(destination.BlockCount, Nf4QuantizeBlocksPerLaunchBlock))),
                        new Dim3(Nf4QuantizeThreads), 0, args);
     }
@@ -37,7 +37,7 @@ internal sealed partial class GpuBackend
         long n = weight.ElementCount;
         using var args = StatsArguments(new KernelArguments().Pointer(weight.CodesAddress), weight)
             .Pointer(destination.Address).Long(n).Int(weight.BlockSize).Int((int)weight.QuantType);
-        _device.Launch("lk_nf4_dequantize_" + KernelSuffix(destination.DType),
+        _device.Launch(KernelFor(destination.DType, "lk_nf4_dequantize_f32", "lk_nf4_dequantize_bf16"),
                        new Dim3(ElementwiseGrid(weight.CodeBytes, _device.MultiprocessorCount)),
                        new Dim3(ElementwiseThreads), 0, args);
     }
@@ -68,17 +68,17 @@ internal sealed partial class GpuBackend
     public void Nf4Matmul(Tensor x, QuantizedWeight w, Tensor? bias, Tensor y)
     {
         var (tokens, inFeatures, outFeatures) = Nf4Dims(x, w);
-        string suffix = KernelSuffix(x.DType);
+        DType kernelDType = x.DType;
         var decode = Nf4DecodeGeometry(tokens, inFeatures, outFeatures, 0, _device.MultiprocessorCount,
                                        _device.MaxDynamicSharedBytesPerBlock);
         using var args = StatsArguments(new KernelArguments().Pointer(x.Address).Pointer(w.CodesAddress), w)
             .Pointer(bias?.Address ?? 0).Pointer(y.Address)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(w.BlockSize).Int((int)w.QuantType);
         if (decode is { } geometry)
-            _device.Launch("lk_nf4_matmul_decode_" + suffix, new Dim3(geometry.Blocks), new Dim3(LoraDecodeThreads),
+            _device.Launch(KernelFor(kernelDType, "lk_nf4_matmul_decode_f32", "lk_nf4_matmul_decode_bf16"), new Dim3(geometry.Blocks), new Dim3(LoraDecodeThreads),
                            geometry.SharedBytes, args);
         else
-            _device.Launch("lk_nf4_matmul_tiled_" + suffix, LoraTileGrid(tokens, outFeatures), new Dim3(LoraTileThreads),
+            _device.Launch(KernelFor(kernelDType, "lk_nf4_matmul_tiled_f32", "lk_nf4_matmul_tiled_bf16"), LoraTileGrid(tokens, outFeatures), new Dim3(LoraTileThreads),
                            0, args);
     }
 
@@ -87,7 +87,7 @@ internal sealed partial class GpuBackend
     {
         var (tokens, inFeatures, outFeatures) = Nf4Dims(x, w);
         int rank = checked((int)a.Shape[0]);
-        string suffix = KernelSuffix(x.DType);
+        DType kernelDType = x.DType;
         var decode = Nf4DecodeGeometry(tokens, inFeatures, outFeatures, rank, _device.MultiprocessorCount,
                                        _device.MaxDynamicSharedBytesPerBlock);
         if (decode is { } geometry)
@@ -97,7 +97,7 @@ internal sealed partial class GpuBackend
                 .Pointer(u.Address)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
                 .Float(scale).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_nf4_qlora_forward_decode_" + suffix, new Dim3(geometry.Blocks),
+            _device.Launch(KernelFor(kernelDType, "lk_nf4_qlora_forward_decode_f32", "lk_nf4_qlora_forward_decode_bf16"), new Dim3(geometry.Blocks),
                            new Dim3(LoraDecodeThreads), geometry.SharedBytes, args);
             return;
         }
@@ -107,14 +107,14 @@ internal sealed partial class GpuBackend
             using var projectArgs = new KernelArguments()
                 .Pointer(x.Address).Pointer(a.Address).Pointer(u.Address)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_lora_project_" + suffix, LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0,
                            projectArgs);
         }
         using var tiledArgs = StatsArguments(new KernelArguments().Pointer(x.Address).Pointer(w.CodesAddress), w)
             .Pointer(bias?.Address ?? 0).Pointer(u.Address).Pointer(b.Address).Pointer(y.Address)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
             .Float(scale);
-        _device.Launch("lk_nf4_qlora_forward_tiled_" + suffix, LoraTileGrid(tokens, outFeatures),
+        _device.Launch(KernelFor(kernelDType, "lk_nf4_qlora_forward_tiled_f32", "lk_nf4_qlora_forward_tiled_bf16"), LoraTileGrid(tokens, outFeatures),
                        new Dim3(LoraTileThreads), 0, tiledArgs);
     }
 
@@ -125,7 +125,7 @@ internal sealed partial class GpuBackend
     {
         var (tokens, inFeatures, outFeatures) = Nf4Dims(x, w);
         int rank = checked((int)a.Shape[0]);
-        string suffix = KernelSuffix(x.DType);
+        DType kernelDType = x.DType;
 
         using Tensor? du = rank > 0 && (dA is not null || dx is not null)
             ? Tensor.Empty(x.Device, DType.F32, tokens, rank)
@@ -135,14 +135,14 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(b.Address).Pointer(du.Address)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
-            _device.Launch("lk_lora_grad_u_" + suffix, LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
         }
         if (dB is not null && rank > 0)
         {
             using var args = new KernelArguments()
                 .Pointer(dy.Address).Pointer(u.Address).Pointer(dB.Address)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
-            _device.Launch("lk_lora_grad_b_" + suffix, LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0,
                            args);
         }
         if (dA is not null && du is not null)
@@ -150,7 +150,7 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(du.Address).Pointer(x.Address).Pointer(dA.Address)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
-            _device.Launch("lk_lora_grad_a_" + suffix, LoraTileGrid(rank, inFeatures), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_a_f32", "lk_lora_grad_a_bf16"), LoraTileGrid(rank, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
         }
         if (dx is not null)
@@ -159,7 +159,7 @@ internal sealed partial class GpuBackend
                 .Pointer(du?.Address ?? 0).Pointer(a.Address).Pointer(dx.Address)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
                 .Float(dropoutP).ULong(seed);
-            _device.Launch("lk_nf4_grad_x_" + suffix, LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
+            _device.Launch(KernelFor(kernelDType, "lk_nf4_grad_x_f32", "lk_nf4_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
         }
     }

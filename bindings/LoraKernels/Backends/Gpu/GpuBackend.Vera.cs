@@ -29,7 +29,7 @@ internal sealed partial class GpuBackend
         int inFeatures = checked((int)w0.Shape[1]), outFeatures = checked((int)w0.Shape[0]);
         int rank = checked((int)veraA.Shape[0]);
         int tokens = checked((int)(dy.ElementCount / outFeatures));
-        string suffix = KernelSuffix(dy.DType);
+        DType kernelDType = dy.DType;
         if (dx is not null)
         {
             var (aDense, bFolded) = VeraFold(w0, veraA, veraB, lambdaD, lambdaB);
@@ -41,12 +41,12 @@ internal sealed partial class GpuBackend
                 using (var args = new KernelArguments()
                            .Pointer(dy.Address).Pointer(bFolded.Address).Pointer(du.Address)
                            .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
-                    _device.Launch("lk_lora_grad_u_" + suffix, LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
+                    _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
                 using (var args = new KernelArguments()
                            .Pointer(dy.Address).Pointer(w0.Address).Pointer(du.Address).Pointer((aDense ?? veraA).Address)
                            .Pointer(dx.Address)
                            .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed))
-                    _device.Launch("lk_lora_grad_x_" + suffix, LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
+                    _device.Launch(KernelFor(kernelDType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
                                    args);
             }
         }
@@ -57,13 +57,13 @@ internal sealed partial class GpuBackend
         using (var args = new KernelArguments()
                    .Pointer(dy.Address).Pointer(u.Address).Pointer(g.Address)
                    .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
-            _device.Launch("lk_lora_grad_b_" + suffix, LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
+            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
         if (dLambdaB is not null)
         {
             using var args = new KernelArguments()
                 .Pointer(g.Address).Pointer(veraB.Address).Pointer(lambdaD.Address).Pointer(dLambdaB.Address)
                 .Int(outFeatures).Int(rank);
-            _device.Launch("lk_vera_grad_lambda_b_" + suffix, new Dim3((uint)CeilDiv(outFeatures, VeraRowsPerBlock)),
+            _device.Launch(KernelFor(kernelDType, "lk_vera_grad_lambda_b_f32", "lk_vera_grad_lambda_b_bf16"), new Dim3((uint)CeilDiv(outFeatures, VeraRowsPerBlock)),
                            new Dim3(VeraThreads), 0, args);
         }
         if (dLambdaD is not null)
@@ -71,7 +71,7 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(g.Address).Pointer(veraB.Address).Pointer(lambdaB.Address).Pointer(dLambdaD.Address)
                 .Int(outFeatures).Int(rank);
-            _device.Launch("lk_vera_grad_lambda_d_" + suffix, new Dim3((uint)CeilDiv(rank, VeraColumnsPerBlock)),
+            _device.Launch(KernelFor(kernelDType, "lk_vera_grad_lambda_d_f32", "lk_vera_grad_lambda_d_bf16"), new Dim3((uint)CeilDiv(rank, VeraColumnsPerBlock)),
                            new Dim3(VeraThreads), 0, args);
         }
     }
@@ -103,7 +103,7 @@ internal sealed partial class GpuBackend
                 .Pointer(veraA.Address).Int(lda).Pointer(veraB.Address).Pointer(lambdaD.Address).Pointer(lambdaB.Address)
                 .Pointer(aDense?.Address ?? 0).Pointer(bFolded.Address)
                 .Int(inFeatures).Int(outFeatures).Int(rank);
-            _device.Launch("lk_vera_fold_" + KernelSuffix(w0.DType), new Dim3(ElementwiseGrid(total, _device.MultiprocessorCount)),
+            _device.Launch(KernelFor(w0.DType, "lk_vera_fold_f32", "lk_vera_fold_bf16"), new Dim3(ElementwiseGrid(total, _device.MultiprocessorCount)),
                            new Dim3(VeraThreads), 0, args);
             return (aDense, bFolded);
         }
