@@ -74,7 +74,7 @@ public static partial class Dora
             Checks.Alive(bias, op, nameof(bias));
             Checks.Shape(op, nameof(bias), bias, "out", [outFeatures], x.DType, x.Device);
         }
-        CheckMagnitudeAndNorm(op, magnitude, norm, new Dims(0, 0, outFeatures, 0, x.DType, x.Device));
+        CheckMagnitudeAndNorm(op, magnitude, norm, new AdapterDims(0, 0, outFeatures, 0, x.DType, x.Device));
 
         // Nf4.QloraForward checks x, W, A, B and the scale.
         var (z, u) = Nf4.QloraForward(x, w0, null, a, b, scale);
@@ -107,7 +107,7 @@ public static partial class Dora
         Checks.Fp32(op, nameof(x), x);
         (long m, _) = Checks.Matrix(op, nameof(x), x, "M, in");
         long outFeatures = CheckQuantizedOut(op, w0);
-        var d = new Dims(m, 0, outFeatures, 0, x.DType, x.Device);
+        var d = new AdapterDims(m, 0, outFeatures, 0, x.DType, x.Device);
         CheckMagnitudeAndNorm(op, magnitude, norm, d);
         Checks.Alive(z, op, nameof(z));
         Checks.Shape(op, nameof(z), z, "M, out", [m, outFeatures], x.DType, x.Device);

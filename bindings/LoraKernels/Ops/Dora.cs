@@ -10,7 +10,6 @@ namespace LoraKernels.Ops;
 
 public static partial class Dora
 {
-    private readonly record struct Dims(long M, long In, long Out, long R, DType DType, Device Device);
 
     /// <summary>‖W0‖² per row: w0 [out, in] (F32 or BF16) gives F32 [out]. Compute it once per frozen W0.</summary>
     public static Tensor RowSquaredNorm(Tensor w0)
@@ -41,7 +40,7 @@ public static partial class Dora
         const string op = "Dora.WeightNorm";
         Checks.Alive(w0, op, nameof(w0));
         (long outFeatures, long inFeatures) = Checks.Matrix(op, nameof(w0), w0, "out, in");
-        long r = Rank(op, a, inFeatures, w0.DType, w0.Device);
+        long r = AdapterChecks.Rank(op, "DoRA", a, inFeatures, w0.DType, w0.Device);
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], w0.DType, w0.Device);
         Checks.Finite(op, nameof(scale), scale);
@@ -80,7 +79,7 @@ public static partial class Dora
                                                           Tensor magnitude, Tensor norm, float scale, bool keepZ = true)
     {
         const string op = "Dora.Forward";
-        Dims d = CheckAdapter(op, x, w0, a, b);
+        AdapterDims d = AdapterChecks.DenseAdapter(op, "DoRA", x, w0, a, b);
         if (bias is not null)
         {
             Checks.Alive(bias, op, nameof(bias));
@@ -88,8 +87,8 @@ public static partial class Dora
         }
         CheckMagnitudeAndNorm(op, magnitude, norm, d);
         Checks.Finite(op, nameof(scale), scale);
-        CheckOutputSize(op, "y", d.M, d.Out);
-        CheckOutputSize(op, "u", d.M, d.R);
+        AdapterChecks.OutputSize(op, "y", d.M, d.Out);
+        AdapterChecks.OutputSize(op, "u", d.M, d.R);
 
         Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
         Tensor? u = null, z = null;
@@ -118,7 +117,7 @@ public static partial class Dora
         bool needDx = true, bool needDA = true, bool needDB = true, bool needDMagnitude = true)
     {
         const string op = "Dora.Backward";
-        Dims d = CheckAdapter(op, x, w0, a, b);
+        AdapterDims d = AdapterChecks.DenseAdapter(op, "DoRA", x, w0, a, b);
         CheckMagnitudeAndNorm(op, magnitude, norm, d);
         Checks.Alive(u, op, nameof(u));
         Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
@@ -171,61 +170,18 @@ public static partial class Dora
     {
         Checks.Alive(w0, op, nameof(w0));
         (long outFeatures, long inFeatures) = Checks.Matrix(op, nameof(w0), w0, "out, in");
-        long r = Rank(op, a, inFeatures, w0.DType, w0.Device);
+        long r = AdapterChecks.Rank(op, "DoRA", a, inFeatures, w0.DType, w0.Device);
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], w0.DType, w0.Device);
-        CheckMagnitudeAndNorm(op, magnitude, norm, new Dims(0, inFeatures, outFeatures, r, w0.DType, w0.Device));
+        CheckMagnitudeAndNorm(op, magnitude, norm, new AdapterDims(0, inFeatures, outFeatures, r, w0.DType, w0.Device));
         Checks.Finite(op, nameof(scale), scale);
     }
 
-    private static void CheckMagnitudeAndNorm(string op, Tensor magnitude, Tensor norm, Dims d)
+    private static void CheckMagnitudeAndNorm(string op, Tensor magnitude, Tensor norm, AdapterDims d)
     {
         Checks.Alive(magnitude, op, nameof(magnitude));
         Checks.Shape(op, nameof(magnitude), magnitude, "out", [d.Out], d.DType, d.Device);
         Checks.Alive(norm, op, nameof(norm));
         Checks.Shape(op, nameof(norm), norm, "out", [d.Out], DType.F32, d.Device);
-    }
-
-    /// <summary>x [M, in], W0 [out, in], A [r, in] with r ≥ 1, B [out, r]; one dtype and device (as Lora's ops).</summary>
-    private static Dims CheckAdapter(string op, Tensor x, Tensor w0, Tensor a, Tensor b)
-    {
-        Checks.Alive(x, op, nameof(x));
-        (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
-        DType dtype = x.DType;
-        Device device = x.Device;
-
-        Checks.Alive(w0, op, nameof(w0));
-        if (w0.Rank != 2 || w0.Shape[0] < 1 || w0.Shape[1] != inFeatures || w0.DType != dtype || !ReferenceEquals(w0.Device, device))
-            throw new ArgumentException(
-                $"{op}: w0 must be [out, in] = [{LeadingDimension(w0, "out")}, {inFeatures}] with dtype {dtype} on {device} and out >= 1, got {w0.Describe()}", nameof(w0));
-        Checks.Size(op, nameof(w0), w0);
-        long outFeatures = w0.Shape[0];
-
-        long r = Rank(op, a, inFeatures, dtype, device);
-        Checks.Alive(b, op, nameof(b));
-        Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], dtype, device);
-        return new Dims(m, inFeatures, outFeatures, r, dtype, device);
-    }
-
-    /// <summary>A must be [r, in] with r ≥ 1; r = 0 is an ArgumentOutOfRangeException naming a.</summary>
-    private static long Rank(string op, Tensor a, long inFeatures, DType dtype, Device device)
-    {
-        Checks.Alive(a, op, nameof(a));
-        if (a.Rank != 2 || a.Shape[1] != inFeatures || a.DType != dtype || !ReferenceEquals(a.Device, device))
-            throw new ArgumentException(
-                $"{op}: a must be [r, in] = [{LeadingDimension(a, "r")}, {inFeatures}] with dtype {dtype} on {device}, got {a.Describe()}", nameof(a));
-        if (a.Shape[0] == 0)
-            throw new ArgumentOutOfRangeException(nameof(a), $"{op}: a is {a.Describe()}, so r = 0; DoRA needs rank r >= 1.");
-        Checks.Size(op, nameof(a), a);
-        return a.Shape[0];
-    }
-
-    private static string LeadingDimension(Tensor tensor, string symbol) =>
-        tensor.Rank == 2 ? tensor.Shape[0].ToString(System.Globalization.CultureInfo.InvariantCulture) : symbol;
-
-    private static void CheckOutputSize(string op, string name, long rows, long columns)
-    {
-        if (rows * columns > Checks.MaxElements)
-            throw new ArgumentException($"{op}: the output {name} would be [{rows}, {columns}], over 2^31 - 1 elements.", name);
     }
 }

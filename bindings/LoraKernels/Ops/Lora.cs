@@ -5,7 +5,6 @@ namespace LoraKernels.Ops;
 
 public static class Lora
 {
-    private readonly record struct Dims(long M, long In, long Out, long R, DType DType, Device Device);
 
     /// <summary>
     /// y = x W0ᵀ + bias + scale·(dropout(x) Aᵀ) Bᵀ. x [M, in], W0 [out, in], bias [out] or null,
@@ -17,7 +16,7 @@ public static class Lora
                                                float scale, float dropoutP = 0f, ulong seed = 0)
     {
         const string op = "Lora.Forward";
-        Dims d = CheckAdapter(op, x, w0, a, b);
+        AdapterDims d = AdapterChecks.DenseAdapter(op, "LoRA", x, w0, a, b);
         if (bias is not null)
         {
             Checks.Alive(bias, op, nameof(bias));
@@ -25,8 +24,8 @@ public static class Lora
         }
         Checks.Finite(op, nameof(scale), scale);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        CheckOutputSize(op, "y", d.M, d.Out);
-        CheckOutputSize(op, "u", d.M, d.R);
+        AdapterChecks.OutputSize(op, "y", d.M, d.Out);
+        AdapterChecks.OutputSize(op, "u", d.M, d.R);
 
         Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
         Tensor? u = null;
@@ -53,7 +52,7 @@ public static class Lora
                                                                bool needDx = true, bool needDA = true, bool needDB = true)
     {
         const string op = "Lora.Backward";
-        Dims d = CheckAdapter(op, x, w0, a, b);
+        AdapterDims d = AdapterChecks.DenseAdapter(op, "LoRA", x, w0, a, b);
         Checks.Alive(u, op, nameof(u));
         Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
         Checks.Alive(dy, op, nameof(dy));
@@ -88,53 +87,10 @@ public static class Lora
     {
         Checks.Alive(w0, op, nameof(w0));
         (long outFeatures, long inFeatures) = Checks.Matrix(op, nameof(w0), w0, "out, in");
-        long r = Rank(op, a, inFeatures, w0.DType, w0.Device);
+        long r = AdapterChecks.Rank(op, "LoRA", a, inFeatures, w0.DType, w0.Device);
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], w0.DType, w0.Device);
         Checks.Finite(op, "scale", signedScale);
         w0.Device.Backend.LoraMerge(w0, a, b, signedScale);
-    }
-
-    /// <summary>x [M, in], W0 [out, in], A [r, in] with r ≥ 1, B [out, r]; one dtype and device.</summary>
-    private static Dims CheckAdapter(string op, Tensor x, Tensor w0, Tensor a, Tensor b)
-    {
-        Checks.Alive(x, op, nameof(x));
-        (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
-        DType dtype = x.DType;
-        Device device = x.Device;
-
-        Checks.Alive(w0, op, nameof(w0));
-        if (w0.Rank != 2 || w0.Shape[0] < 1 || w0.Shape[1] != inFeatures || w0.DType != dtype || !ReferenceEquals(w0.Device, device))
-            throw new ArgumentException(
-                $"{op}: w0 must be [out, in] = [{LeadingDimension(w0, "out")}, {inFeatures}] with dtype {dtype} on {device} and out >= 1, got {w0.Describe()}", nameof(w0));
-        Checks.Size(op, nameof(w0), w0);
-        long outFeatures = w0.Shape[0];
-
-        long r = Rank(op, a, inFeatures, dtype, device);
-        Checks.Alive(b, op, nameof(b));
-        Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], dtype, device);
-        return new Dims(m, inFeatures, outFeatures, r, dtype, device);
-    }
-
-    /// <summary>A must be [r, in] with r ≥ 1; r = 0 is an ArgumentOutOfRangeException naming a.</summary>
-    private static long Rank(string op, Tensor a, long inFeatures, DType dtype, Device device)
-    {
-        Checks.Alive(a, op, nameof(a));
-        if (a.Rank != 2 || a.Shape[1] != inFeatures || a.DType != dtype || !ReferenceEquals(a.Device, device))
-            throw new ArgumentException(
-                $"{op}: a must be [r, in] = [{LeadingDimension(a, "r")}, {inFeatures}] with dtype {dtype} on {device}, got {a.Describe()}", nameof(a));
-        if (a.Shape[0] == 0)
-            throw new ArgumentOutOfRangeException(nameof(a), $"{op}: a is {a.Describe()}, so r = 0; LoRA needs rank r >= 1.");
-        Checks.Size(op, nameof(a), a);
-        return a.Shape[0];
-    }
-
-    /// <summary>The tensor's first dimension when it is a matrix, else the dimension's symbol (for messages).</summary>
-    private static string LeadingDimension(Tensor tensor, string symbol) => tensor.Rank == 2 ? tensor.Shape[0].ToString(System.Globalization.CultureInfo.InvariantCulture) : symbol;
-
-    private static void CheckOutputSize(string op, string name, long rows, long columns)
-    {
-        if (rows * columns > Checks.MaxElements)
-            throw new ArgumentException($"{op}: the output {name} would be [{rows}, {columns}], over 2^31 - 1 elements.", name);
     }
 }

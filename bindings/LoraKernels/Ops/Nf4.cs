@@ -13,8 +13,6 @@ public static partial class Nf4
     public const int MinBlockSize = 32;
     public const int MaxBlockSize = 4096;
 
-    private readonly record struct Dims(long M, long In, long Out, long R, DType DType, Device Device);
-
     /// <summary>
     /// Quantizes <paramref name="weight"/> (F32 or BF16, any shape, flattened row-major) blockwise
     /// as bitsandbytes' quantize_4bit. With <paramref name="doubleQuant"/> the block absmax values
@@ -76,9 +74,9 @@ public static partial class Nf4
     public static Tensor Matmul(Tensor x, QuantizedWeight w, Tensor? bias)
     {
         const string op = "Nf4.Matmul";
-        Dims d = CheckBase(op, x, w);
-        CheckBias(op, bias, d);
-        CheckOutputSize(op, "y", d.M, d.Out);
+        AdapterDims d = CheckBase(op, x, w);
+        AdapterChecks.Bias(op, bias, d);
+        AdapterChecks.OutputSize(op, "y", d.M, d.Out);
         Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
         try
         {
@@ -101,12 +99,12 @@ public static partial class Nf4
                                                     float scale, float dropoutP = 0f, ulong seed = 0)
     {
         const string op = "Nf4.QloraForward";
-        Dims d = CheckAdapter(op, x, w, a, b);
-        CheckBias(op, bias, d);
+        AdapterDims d = CheckAdapter(op, x, w, a, b);
+        AdapterChecks.Bias(op, bias, d);
         Checks.Finite(op, nameof(scale), scale);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        CheckOutputSize(op, "y", d.M, d.Out);
-        CheckOutputSize(op, "u", d.M, d.R);
+        AdapterChecks.OutputSize(op, "y", d.M, d.Out);
+        AdapterChecks.OutputSize(op, "u", d.M, d.R);
 
         Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
         Tensor? u = null;
@@ -133,7 +131,7 @@ public static partial class Nf4
                                                                      bool needDx = true, bool needDA = true, bool needDB = true)
     {
         const string op = "Nf4.QloraBackward";
-        Dims d = CheckAdapter(op, x, w, a, b);
+        AdapterDims d = CheckAdapter(op, x, w, a, b);
         Checks.Alive(u, op, nameof(u));
         Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
         Checks.Alive(dy, op, nameof(dy));
@@ -192,7 +190,7 @@ public static partial class Nf4
     }
 
     /// <summary>x [M, in] F32 or BF16; W a quantized [out, in] matrix on x's device.</summary>
-    private static Dims CheckBase(string op, Tensor x, QuantizedWeight w)
+    private static AdapterDims CheckBase(string op, Tensor x, QuantizedWeight w)
     {
         Checks.Alive(x, op, nameof(x));
         (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
@@ -203,35 +201,15 @@ public static partial class Nf4
                 nameof(w));
         if (w.ElementCount > Checks.MaxElements)
             throw new ArgumentException($"{op}: w has {w.ElementCount} elements; kernels index with 32-bit integers, got {w.Describe()}", nameof(w));
-        return new Dims(m, inFeatures, w.Shape[0], 0, x.DType, x.Device);
+        return new AdapterDims(m, inFeatures, w.Shape[0], 0, x.DType, x.Device);
     }
 
-    private static Dims CheckAdapter(string op, Tensor x, QuantizedWeight w, Tensor a, Tensor b)
+    private static AdapterDims CheckAdapter(string op, Tensor x, QuantizedWeight w, Tensor a, Tensor b)
     {
-        Dims d = CheckBase(op, x, w);
-        Checks.Alive(a, op, nameof(a));
-        if (a.Rank != 2 || a.Shape[1] != d.In || a.DType != d.DType || !ReferenceEquals(a.Device, d.Device))
-            throw new ArgumentException(
-                $"{op}: a must be [r, in] = [{(a.Rank == 2 ? a.Shape[0] : "r")}, {d.In}] with dtype {d.DType} on {d.Device}, got {a.Describe()}", nameof(a));
-        if (a.Shape[0] == 0)
-            throw new ArgumentOutOfRangeException(nameof(a), $"{op}: a is {a.Describe()}, so r = 0; LoRA needs rank r >= 1.");
-        Checks.Size(op, nameof(a), a);
-        long r = a.Shape[0];
+        AdapterDims d = CheckBase(op, x, w);
+        long r = AdapterChecks.Rank(op, "LoRA", a, d.In, d.DType, d.Device);
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [d.Out, r], d.DType, d.Device);
         return d with { R = r };
-    }
-
-    private static void CheckBias(string op, Tensor? bias, Dims d)
-    {
-        if (bias is null) return;
-        Checks.Alive(bias, op, nameof(bias));
-        Checks.Shape(op, nameof(bias), bias, "out", [d.Out], d.DType, d.Device);
-    }
-
-    private static void CheckOutputSize(string op, string name, long rows, long columns)
-    {
-        if (rows * columns > Checks.MaxElements)
-            throw new ArgumentException($"{op}: the output {name} would be [{rows}, {columns}], over 2^31 - 1 elements.", name);
     }
 }

@@ -6,7 +6,6 @@ namespace LoraKernels.Ops;
 
 public static class Vera
 {
-    private readonly record struct Dims(long M, long In, long Out, long R, DType DType, Device Device);
 
     /// <summary>
     /// x [M, in], W0 [out, in], bias [out] or null, veraA [r, maxIn ≥ in], veraB [maxOut ≥ out, r],
@@ -22,15 +21,15 @@ public static class Vera
         Checks.Alive(w0, op, nameof(w0));
         Checks.Matrix(op, nameof(w0), w0, "out, in");
         Checks.Shape(op, nameof(w0), w0, "out, in", [w0.Shape[0], inFeatures], x.DType, x.Device);
-        Dims d = CheckAdapter(op, m, w0, veraA, veraB, lambdaD, lambdaB);
+        AdapterDims d = CheckAdapter(op, m, w0, veraA, veraB, lambdaD, lambdaB);
         if (bias is not null)
         {
             Checks.Alive(bias, op, nameof(bias));
             Checks.Shape(op, nameof(bias), bias, "out", [d.Out], d.DType, d.Device);
         }
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        CheckOutputSize(op, "y", d.M, d.Out);
-        CheckOutputSize(op, "u", d.M, d.R);
+        AdapterChecks.OutputSize(op, "y", d.M, d.Out);
+        AdapterChecks.OutputSize(op, "u", d.M, d.R);
 
         Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
         Tensor? u = null;
@@ -62,7 +61,7 @@ public static class Vera
         (long outFeatures, _) = Checks.Matrix(op, nameof(w0), w0, "out, in");
         (long m, _) = Checks.Matrix(op, nameof(dy), dy, "M, out");
         Checks.Shape(op, nameof(dy), dy, "M, out", [m, outFeatures], w0.DType, w0.Device);
-        Dims d = CheckAdapter(op, m, w0, veraA, veraB, lambdaD, lambdaB);
+        AdapterDims d = CheckAdapter(op, m, w0, veraA, veraB, lambdaD, lambdaB);
         Checks.Alive(u, op, nameof(u));
         Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
@@ -105,7 +104,7 @@ public static class Vera
     /// veraA [r, maxIn] with r ≥ 1 and maxIn ≥ in, veraB [maxOut, r] with maxOut ≥ out, λ_d [r],
     /// λ_b [out]; all of W0's dtype and device (W0 [out, in] already checked as a matrix).
     /// </summary>
-    private static Dims CheckAdapter(string op, long m, Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD,
+    private static AdapterDims CheckAdapter(string op, long m, Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD,
                                      Tensor lambdaB)
     {
         long outFeatures = w0.Shape[0], inFeatures = w0.Shape[1];
@@ -134,12 +133,6 @@ public static class Vera
         Checks.Shape(op, nameof(lambdaD), lambdaD, "r", [r], dtype, device);
         Checks.Alive(lambdaB, op, nameof(lambdaB));
         Checks.Shape(op, nameof(lambdaB), lambdaB, "out", [outFeatures], dtype, device);
-        return new Dims(m, inFeatures, outFeatures, r, dtype, device);
-    }
-
-    private static void CheckOutputSize(string op, string name, long rows, long columns)
-    {
-        if (rows * columns > Checks.MaxElements)
-            throw new ArgumentException($"{op}: the output {name} would be [{rows}, {columns}], over 2^31 - 1 elements.", name);
+        return new AdapterDims(m, inFeatures, outFeatures, r, dtype, device);
     }
 }
