@@ -27,6 +27,9 @@ public class GpuLoraBenchmarks
     private CudaDevice _device = null!;
     private IVendorMath _blas = null!;
     private Tensor _x = null!, _w0 = null!, _a = null!, _b = null!, _y = null!, _u = null!, _yFused = null!, _uFused = null!;
+    // The cuBLAS baseline's operand addresses, leased for the whole run.
+    private BufferLeases _leases = null!;
+    private ulong _xAddress, _w0Address, _aAddress, _bAddress, _yAddress, _uAddress;
 
     [GlobalSetup]
     public void Setup()
@@ -49,6 +52,9 @@ public class GpuLoraBenchmarks
         _u = Tensor.Zeros(_device, DType.F32, M, Rank);
         _yFused = Tensor.Zeros(_device, DType.F32, M, n);
         _uFused = Tensor.Zeros(_device, DType.F32, M, Rank);
+        _leases = new BufferLeases();
+        (_xAddress, _w0Address, _aAddress, _bAddress) = (_leases.Address(_x), _leases.Address(_w0), _leases.Address(_a), _leases.Address(_b));
+        (_yAddress, _uAddress) = (_leases.Address(_y), _leases.Address(_u));
         // Compile (NVRTC) and load the kernels outside the measurement.
         FusedForward();
         FusedForwardInto();
@@ -58,6 +64,7 @@ public class GpuLoraBenchmarks
     [GlobalCleanup]
     public void Cleanup()
     {
+        _leases.Dispose();
         foreach (Tensor t in new[] { _x, _w0, _a, _b, _y, _u, _yFused, _uFused }) t.Dispose();
     }
 
@@ -65,9 +72,9 @@ public class GpuLoraBenchmarks
     public void CublasForward()
     {
         int n = Features;
-        _blas.Sgemm(false, true, M, n, n, 1f, _x.Address, n, _w0.Address, n, 0f, _y.Address, n);
-        _blas.Sgemm(false, true, M, Rank, n, 1f, _x.Address, n, _a.Address, n, 0f, _u.Address, Rank);
-        _blas.Sgemm(false, true, M, n, Rank, Scale, _u.Address, Rank, _b.Address, Rank, 1f, _y.Address, n);
+        _blas.Sgemm(false, true, M, n, n, 1f, _xAddress, n, _w0Address, n, 0f, _yAddress, n);
+        _blas.Sgemm(false, true, M, Rank, n, 1f, _xAddress, n, _aAddress, n, 0f, _uAddress, Rank);
+        _blas.Sgemm(false, true, M, n, Rank, Scale, _uAddress, Rank, _bAddress, Rank, 1f, _yAddress, n);
         _device.Synchronize();
     }
 

@@ -3,6 +3,7 @@ using System.Text;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Reports;
 using LoraKernels.Interop;
+using LoraKernels.Runtime;
 
 namespace LoraKernels.Benchmarks;
 
@@ -33,6 +34,9 @@ public unsafe class Nf4Benchmarks
     private QuantizedWeight[] _weights = null!;
     private int _next;
     private NativeFloats _nx = null!, _nw = null!, _ny = null!;
+    // lk_cpu_sgemm's operands, leased for the whole run.
+    private BufferLeases _leases = null!;
+    private float* _xPointer, _densePointer, _dequantizedPointer, _yPointer;
 
     [GlobalSetup]
     public void Setup()
@@ -56,6 +60,11 @@ public unsafe class Nf4Benchmarks
             _weights = Enumerable.Range(0, Copies).Select(_ => Ops.Nf4.ImportState(cpu, state)).ToArray();
         }
         _dequantized = Tensor.Zeros(cpu, DType.F32, n, n);
+        _leases = new BufferLeases();
+        _xPointer = (float*)_leases.Address(_x);
+        _densePointer = (float*)_leases.Address(_dense);
+        _dequantizedPointer = (float*)_leases.Address(_dequantized);
+        _yPointer = (float*)_leases.Address(_y);
         _nx = new NativeFloats(x);
         _nw = new NativeFloats(w);
         _ny = new NativeFloats(M * n);
@@ -65,6 +74,7 @@ public unsafe class Nf4Benchmarks
     [GlobalCleanup]
     public void Cleanup()
     {
+        _leases.Dispose();
         foreach (IDisposable d in new IDisposable[] { _x, _y, _dense, _dequantized, _nx, _nw, _ny }.Concat(_weights)) d.Dispose();
     }
 
@@ -74,15 +84,15 @@ public unsafe class Nf4Benchmarks
 
     [Benchmark]
     public void Fp32LkSgemm() =>
-        Check.Cpu(NativeCpu.lk_cpu_sgemm(0, 1, M, Features, Features, 1f, (float*)_x.Address, Features, (float*)_dense.Address, Features,
-                                         0f, (float*)_y.Address, Features));
+        Check.Cpu(NativeCpu.lk_cpu_sgemm(0, 1, M, Features, Features, 1f, _xPointer, Features, _densePointer, Features,
+                                         0f, _yPointer, Features));
 
     [Benchmark]
     public void DequantizeThenSgemm()
     {
         Device.Cpu.Backend.Dequantize4Bit(NextWeight(), _dequantized);
-        Check.Cpu(NativeCpu.lk_cpu_sgemm(0, 1, M, Features, Features, 1f, (float*)_x.Address, Features, (float*)_dequantized.Address, Features,
-                                         0f, (float*)_y.Address, Features));
+        Check.Cpu(NativeCpu.lk_cpu_sgemm(0, 1, M, Features, Features, 1f, _xPointer, Features, _dequantizedPointer, Features,
+                                         0f, _yPointer, Features));
     }
 
     [Benchmark]

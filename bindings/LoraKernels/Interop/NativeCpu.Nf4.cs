@@ -15,17 +15,6 @@ internal unsafe struct LkQuantStats
     public float* Absmax2;
     public float Offset;
     public int Reserved2;
-
-    /// <summary>The statistics of <paramref name="weight"/> as the CPU kernels read them (host addresses).</summary>
-    public static LkQuantStats Of(QuantizedWeight weight) => new()
-    {
-        QuantType = (int)weight.QuantType,
-        BlockSize = weight.BlockSize,
-        Absmax = (float*)weight.AbsmaxAddress,
-        QAbsmax = (byte*)weight.QAbsmaxAddress,
-        Absmax2 = (float*)weight.Absmax2Address,
-        Offset = weight.IsNested ? weight.Offset : 0f,
-    };
 }
 
 internal static unsafe partial class NativeCpu

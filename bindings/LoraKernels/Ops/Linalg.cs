@@ -28,16 +28,18 @@ public static class Linalg
             u = Tensor.Empty(device, DType.F32, m, k);
             s = Tensor.Empty(device, DType.F32, k);
             vt = Tensor.Empty(device, DType.F32, k, n);
+            using var leases = new BufferLeases();
+            ulong aAddress = leases.Address(a), uAddress = leases.Address(u), sAddress = leases.Address(s), vtAddress = leases.Address(vt);
             switch (device)
             {
                 case CpuDevice:
-                    Check.Cpu(NativeCpu.lk_cpu_svd(m, n, (float*)a.Address, (float*)u.Address, (float*)s.Address, (float*)vt.Address));
+                    Check.Cpu(NativeCpu.lk_cpu_svd(m, n, (float*)aAddress, (float*)uAddress, (float*)sAddress, (float*)vtAddress));
                     break;
                 case SimtDevice simt:
-                    simt.KernelDevice.VendorMath.Svd((int)m, (int)n, a.Address, u.Address, s.Address, vt.Address);
+                    simt.KernelDevice.VendorMath.Svd((int)m, (int)n, aAddress, uAddress, sAddress, vtAddress);
                     break;
                 case CudaDevice cuda:
-                    cuda.KernelDevice.VendorMath.Svd((int)m, (int)n, a.Address, u.Address, s.Address, vt.Address);
+                    cuda.KernelDevice.VendorMath.Svd((int)m, (int)n, aAddress, uAddress, sAddress, vtAddress);
                     break;
                 default:
                     throw new NotSupportedException($"{op}: no SVD on {device}.");

@@ -92,7 +92,8 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
 
     public void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source)
     {
-        ulong target = Address(destination, destinationOffsetBytes, source.Length, nameof(destination));
+        using var leases = new BufferLeases();
+        ulong target = Address(leases, destination, destinationOffsetBytes, source.Length, nameof(destination));
         if (source.IsEmpty) return;
         Enter();
         fixed (byte* from = source) Check.Cuda(CudaDriver.cuMemcpyHtoD(target, from, (nuint)source.Length));
@@ -100,7 +101,8 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
 
     public void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination)
     {
-        ulong from = Address(source, sourceOffsetBytes, destination.Length, nameof(source));
+        using var leases = new BufferLeases();
+        ulong from = Address(leases, source, sourceOffsetBytes, destination.Length, nameof(source));
         if (destination.IsEmpty) return;
         Enter();
         fixed (byte* target = destination) Check.Cuda(CudaDriver.cuMemcpyDtoH(target, from, (nuint)destination.Length));
@@ -108,8 +110,9 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
 
     public void CopyDeviceToDevice(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes)
     {
-        ulong from = Address(source, sourceOffsetBytes, bytes, nameof(source));
-        ulong target = Address(destination, destinationOffsetBytes, bytes, nameof(destination));
+        using var leases = new BufferLeases();
+        ulong from = Address(leases, source, sourceOffsetBytes, bytes, nameof(source));
+        ulong target = Address(leases, destination, destinationOffsetBytes, bytes, nameof(destination));
         if (bytes == 0) return;
         Enter();
         Check.Cuda(CudaDriver.cuMemcpyDtoD(target, from, (nuint)bytes));
@@ -117,7 +120,8 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
 
     public void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value)
     {
-        ulong target = Address(destination, offsetBytes, bytes, nameof(destination));
+        using var leases = new BufferLeases();
+        ulong target = Address(leases, destination, offsetBytes, bytes, nameof(destination));
         if (bytes == 0) return;
         Enter();
         Check.Cuda(CudaDriver.cuMemsetD8(target, value, (nuint)bytes));
@@ -150,13 +154,13 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
         return ((long)free, (long)total);
     }
 
-    private static ulong Address(DeviceBuffer buffer, long offset, long bytes, string paramName)
+    /// <summary>The device address of byte <paramref name="offset"/>, the buffer leased by <paramref name="leases"/>.</summary>
+    private static ulong Address(BufferLeases leases, DeviceBuffer buffer, long offset, long bytes, string paramName)
     {
         ArgumentNullException.ThrowIfNull(buffer, paramName);
         if (buffer is not CudaBuffer) throw new ArgumentException($"{paramName} is not CUDA device memory ({buffer.GetType().Name}).", paramName);
-        ObjectDisposedException.ThrowIf(buffer.IsDisposed, buffer);
         BufferRange.Check(buffer, offset, bytes, paramName);
-        return buffer.Address + (ulong)offset;
+        return leases.Address(buffer) + (ulong)offset;
     }
 
     private static int Attribute(int attribute, int device)

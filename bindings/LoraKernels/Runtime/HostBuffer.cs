@@ -1,6 +1,7 @@
 // Host memory for the CPU device and the SIMT emulator: 64-byte aligned (a cache line and an
-// AVX-512 vector) so native kernels may use aligned loads on whole tensors. Freed by Dispose, or
-// by the finalizer when a tensor is dropped without it; freeing never throws.
+// AVX-512 vector) so native kernels may use aligned loads on whole tensors. Freed when the last
+// reference goes (DeviceBuffer), or by the finalizer when a tensor is dropped without Dispose: the
+// finalizer can only run once nothing, leases included, refers to the buffer. Freeing never throws.
 using System.Runtime.InteropServices;
 
 namespace LoraKernels.Runtime;
@@ -15,20 +16,31 @@ internal sealed unsafe class HostBuffer : DeviceBuffer
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
         // A zero-byte tensor still gets a distinct, valid address.
-        _memory = NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), Alignment);
-        if (_memory is null) throw new OutOfMemoryException($"Could not allocate {bytes} bytes of host memory.");
+        try
+        {
+            _memory = NativeMemory.AlignedAlloc((nuint)Math.Max(bytes, 1), Alignment);
+        }
+        catch (OutOfMemoryException)
+        {
+            _memory = null;
+        }
+        if (_memory is null)
+        {
+            GC.SuppressFinalize(this);
+            throw new OutOfMemoryException($"LoraKernels could not allocate {bytes} bytes ({bytes / (1024.0 * 1024.0):F1} MiB) of host memory.");
+        }
         _counter = counter;
         _counter.Add(bytes);
         if (bytes > 0) GC.AddMemoryPressure(bytes);
     }
 
-    ~HostBuffer() => Release();
+    ~HostBuffer() => FreeMemory();
 
     public override ulong Address => (ulong)_memory;
 
-    protected override void Free() => Release();
+    protected override void Free() => FreeMemory();
 
-    private void Release()
+    private void FreeMemory()
     {
         void* memory = _memory;
         if (memory is null) return;

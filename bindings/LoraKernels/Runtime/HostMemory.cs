@@ -9,36 +9,40 @@ internal static unsafe class HostMemory
 
     public static void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source)
     {
-        byte* target = Pointer(destination, destinationOffsetBytes, source.Length, nameof(destination));
+        using var leases = new BufferLeases();
+        byte* target = Pointer(leases, destination, destinationOffsetBytes, source.Length, nameof(destination));
         fixed (byte* from = source) Buffer.MemoryCopy(from, target, source.Length, source.Length);
     }
 
     public static void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination)
     {
-        byte* from = Pointer(source, sourceOffsetBytes, destination.Length, nameof(source));
+        using var leases = new BufferLeases();
+        byte* from = Pointer(leases, source, sourceOffsetBytes, destination.Length, nameof(source));
         fixed (byte* target = destination) Buffer.MemoryCopy(from, target, destination.Length, destination.Length);
     }
 
     public static void Copy(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes)
     {
-        byte* from = Pointer(source, sourceOffsetBytes, bytes, nameof(source));
-        byte* target = Pointer(destination, destinationOffsetBytes, bytes, nameof(destination));
+        using var leases = new BufferLeases();
+        byte* from = Pointer(leases, source, sourceOffsetBytes, bytes, nameof(source));
+        byte* target = Pointer(leases, destination, destinationOffsetBytes, bytes, nameof(destination));
         Buffer.MemoryCopy(from, target, bytes, bytes);
     }
 
     public static void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value)
     {
-        byte* target = Pointer(destination, offsetBytes, bytes, nameof(destination));
+        using var leases = new BufferLeases();
+        byte* target = Pointer(leases, destination, offsetBytes, bytes, nameof(destination));
         for (long done = 0; done < bytes; done += int.MaxValue)
             new Span<byte>(target + done, (int)Math.Min(int.MaxValue, bytes - done)).Fill(value);
     }
 
-    private static byte* Pointer(DeviceBuffer buffer, long offset, long bytes, string paramName)
+    /// <summary>The host address of byte <paramref name="offset"/>, the buffer leased by <paramref name="leases"/>.</summary>
+    private static byte* Pointer(BufferLeases leases, DeviceBuffer buffer, long offset, long bytes, string paramName)
     {
         if (buffer is not HostBuffer) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
-        ObjectDisposedException.ThrowIf(buffer.IsDisposed, buffer);
         BufferRange.Check(buffer, offset, bytes, paramName);
-        return (byte*)buffer.Address + offset;
+        return (byte*)leases.Address(buffer) + offset;
     }
 }
 

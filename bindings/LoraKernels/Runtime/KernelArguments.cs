@@ -7,13 +7,16 @@ namespace LoraKernels.Runtime;
 /// of 8-byte slots holding the values and an array of pointers to those slots. The same
 /// <c>void**</c> goes to the CUDA driver and to the SIMT emulator. Add values in the order of
 /// the kernel's parameters; each slot is 8 bytes wide and holds the value at its start, which
-/// is what the ABI reads for 4-byte and 8-byte parameters alike.
+/// is what the ABI reads for 4-byte and 8-byte parameters alike. Buffers passed as pointers are
+/// leased (<see cref="BufferLeases"/>) until the arguments are disposed, after the launch: a tensor
+/// collected or disposed meanwhile keeps its memory until then.
 /// </summary>
 public sealed unsafe class KernelArguments : IDisposable
 {
     private const int MaxArguments = 32;
     private readonly ulong* _slots;
     private readonly void** _pointers;
+    private readonly BufferLeases _leases = new();
     private int _count;
     private bool _disposed;
 
@@ -36,8 +39,15 @@ public sealed unsafe class KernelArguments : IDisposable
         return slot;
     }
 
-    /// <summary>A device address (a <see cref="DeviceBuffer.Address"/> plus an offset, or 0 for a null pointer).</summary>
-    public KernelArguments Pointer(ulong deviceAddress) { *Next() = deviceAddress; return this; }
+    /// <summary>The address of <paramref name="tensor"/>'s element 0, leased until Dispose; a null pointer for null.</summary>
+    internal KernelArguments Pointer(Tensor? tensor) { *Next() = _leases.Address(tensor); return this; }
+
+    /// <summary>The address of <paramref name="buffer"/>, leased until Dispose; a null pointer for null.</summary>
+    public KernelArguments Pointer(DeviceBuffer? buffer) { *Next() = _leases.Address(buffer); return this; }
+
+    /// <summary>A null pointer (an absent optional input).</summary>
+    public KernelArguments NullPointer() { *Next() = 0; return this; }
+
     public KernelArguments Int(int value) { *(int*)Next() = value; return this; }
     public KernelArguments Long(long value) { *(long*)Next() = value; return this; }
     public KernelArguments ULong(ulong value) { *Next() = value; return this; }
@@ -53,6 +63,7 @@ public sealed unsafe class KernelArguments : IDisposable
     {
         if (_disposed) return;
         _disposed = true;
+        _leases.Dispose();
         NativeMemory.Free(_slots);
         NativeMemory.Free(_pointers);
     }

@@ -96,16 +96,17 @@ public sealed class QuantizedWeight : IDisposable
 
     public override string ToString() => Describe();
 
-    internal ulong CodesAddress => Live(_codes).Address;
+    /// <summary>The packed codes [CodeBytes]; native calls reach it through a lease (BufferLeases).</summary>
+    internal DeviceBuffer Codes => Live(_codes);
 
-    /// <summary>The plain fp32 absmax [BlockCount]; 0 when the statistics are nested.</summary>
-    internal ulong AbsmaxAddress => Live(_absmax, allowMissing: true)?.Address ?? 0;
+    /// <summary>The plain fp32 absmax [BlockCount]; null when the statistics are nested.</summary>
+    internal DeviceBuffer? Absmax => Live(_absmax, allowMissing: true);
 
-    /// <summary>The uint8 qabsmax [BlockCount]; 0 when not nested.</summary>
-    internal ulong QAbsmaxAddress => Live(_qabsmax, allowMissing: true)?.Address ?? 0;
+    /// <summary>The uint8 qabsmax [BlockCount]; null when not nested.</summary>
+    internal DeviceBuffer? QAbsmax => Live(_qabsmax, allowMissing: true);
 
-    /// <summary>The fp32 nested absmax [NestedBlockCount]; 0 when not nested.</summary>
-    internal ulong Absmax2Address => Live(_absmax2, allowMissing: true)?.Address ?? 0;
+    /// <summary>The fp32 nested absmax [NestedBlockCount]; null when not nested.</summary>
+    internal DeviceBuffer? Absmax2 => Live(_absmax2, allowMissing: true);
 
     /// <summary>The packed codes as bitsandbytes stores them (bnb's "weight", shape [(n + 1) / 2, 1] uint8).</summary>
     public byte[] CodesToArray() => Download(Live(_codes));

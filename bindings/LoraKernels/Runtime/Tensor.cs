@@ -209,9 +209,6 @@ public sealed class Tensor : IDisposable
     /// <summary>Frees the storage. Safe to call more than once.</summary>
     public void Dispose() => Interlocked.Exchange(ref _buffer, null)?.Dispose();
 
-    /// <summary>The device address of element 0 (a host address on the CPU and under the emulator).</summary>
-    internal ulong Address => Buffer.Address;
-
     internal DeviceBuffer Buffer => _buffer ?? throw new ObjectDisposedException(nameof(Tensor), $"The tensor ({Describe()}) has been disposed.");
 
     /// <summary>Throws ObjectDisposedException naming <paramref name="paramName"/> when the tensor has been disposed.</summary>

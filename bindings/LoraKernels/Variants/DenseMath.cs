@@ -29,19 +29,21 @@ internal static class DenseMath
         try
         {
             int lda = (int)aColumns, ldb = (int)bColumns, ldc = (int)n;
+            using var leases = new BufferLeases();
+            ulong aAddress = leases.Address(a), bAddress = leases.Address(b), cAddress = leases.Address(c);
             switch (a.Device)
             {
                 case CpuDevice:
-                    Check.Cpu(NativeCpu.lk_cpu_sgemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, (float*)a.Address, lda,
-                                                     (float*)b.Address, ldb, 0f, (float*)c.Address, ldc));
+                    Check.Cpu(NativeCpu.lk_cpu_sgemm(transA ? 1 : 0, transB ? 1 : 0, m, n, k, alpha, (float*)aAddress, lda,
+                                                     (float*)bAddress, ldb, 0f, (float*)cAddress, ldc));
                     break;
                 case SimtDevice simt:
-                    simt.KernelDevice.VendorMath.Sgemm(transA, transB, (int)m, (int)n, (int)k, alpha, a.Address, lda, b.Address, ldb,
-                                                       0f, c.Address, ldc);
+                    simt.KernelDevice.VendorMath.Sgemm(transA, transB, (int)m, (int)n, (int)k, alpha, aAddress, lda, bAddress, ldb,
+                                                       0f, cAddress, ldc);
                     break;
                 case CudaDevice cuda:
-                    cuda.KernelDevice.VendorMath.Sgemm(transA, transB, (int)m, (int)n, (int)k, alpha, a.Address, lda, b.Address, ldb,
-                                                       0f, c.Address, ldc);
+                    cuda.KernelDevice.VendorMath.Sgemm(transA, transB, (int)m, (int)n, (int)k, alpha, aAddress, lda, bAddress, ldb,
+                                                       0f, cAddress, ldc);
                     break;
                 default:
                     throw new NotSupportedException($"{op}: no GEMM on {a.Device}.");

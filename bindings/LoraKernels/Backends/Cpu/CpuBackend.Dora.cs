@@ -8,78 +8,78 @@ internal sealed unsafe partial class CpuBackend
 {
     public void DoraRowSquaredNorm(Tensor w0, Tensor sqnorm)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_row_sqnorm(w0.Shape[0], w0.Shape[1], f32.Input(w0), f32.Output(sqnorm)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_row_sqnorm(w0.Shape[0], w0.Shape[1], call.Input(w0), call.Output(sqnorm)));
+        call.WriteBack();
     }
 
     public void DoraWeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm(w0.Shape[0], w0.Shape[1], a.Shape[0], f32.Input(w0), f32.Input(w0SquaredNorm),
-                                                    f32.Input(a), f32.Input(b), scale, f32.Output(norm)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm(w0.Shape[0], w0.Shape[1], a.Shape[0], call.Input(w0), call.Input(w0SquaredNorm),
+                                                    call.Input(a), call.Input(b), scale, call.Output(norm)));
+        call.WriteBack();
     }
 
     public void DoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
                             Tensor y, Tensor u, Tensor? z)
     {
-        using var f32 = new Fp32Staging();
+        using var call = new CpuCall();
         long m = x.Shape[0], inFeatures = x.Shape[1], outFeatures = w0.Shape[0], r = a.Shape[0];
-        Check.Cpu(NativeCpu.lk_cpu_dora_forward(m, inFeatures, outFeatures, r, f32.Input(x), f32.Input(w0), f32.Input(bias),
-                                                f32.Input(a), f32.Input(b), scale, f32.Input(magnitude), f32.Input(norm),
-                                                f32.Output(y), f32.Output(u), f32.Output(z)));
-        f32.WriteBack();
+        Check.Cpu(NativeCpu.lk_cpu_dora_forward(m, inFeatures, outFeatures, r, call.Input(x), call.Input(w0), call.Input(bias),
+                                                call.Input(a), call.Input(b), scale, call.Input(magnitude), call.Input(norm),
+                                                call.Output(y), call.Output(u), call.Output(z)));
+        call.WriteBack();
     }
 
     public void DoraBackward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
                              Tensor magnitude, Tensor norm, Tensor? dx, Tensor? dA, Tensor? dB, Tensor? dMagnitude)
     {
-        using var f32 = new Fp32Staging();
+        using var call = new CpuCall();
         long m = x.Shape[0], inFeatures = x.Shape[1], outFeatures = w0.Shape[0], r = a.Shape[0];
-        Check.Cpu(NativeCpu.lk_cpu_dora_backward(m, inFeatures, outFeatures, r, f32.Input(x), f32.Input(w0), f32.Input(a),
-                                                 f32.Input(b), f32.Input(u), f32.Input(z), f32.Input(dy), scale,
-                                                 f32.Input(magnitude), f32.Input(norm), f32.Output(dx), f32.Output(dA),
-                                                 f32.Output(dB), f32.Output(dMagnitude)));
-        f32.WriteBack();
+        Check.Cpu(NativeCpu.lk_cpu_dora_backward(m, inFeatures, outFeatures, r, call.Input(x), call.Input(w0), call.Input(a),
+                                                 call.Input(b), call.Input(u), call.Input(z), call.Input(dy), scale,
+                                                 call.Input(magnitude), call.Input(norm), call.Output(dx), call.Output(dA),
+                                                 call.Output(dB), call.Output(dMagnitude)));
+        call.WriteBack();
     }
 
     public void DoraWeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_pt(b.Shape[0], a.Shape[1], a.Shape[0], f32.Input(w0SquaredNorm), f32.Input(pt),
-                                                       f32.Input(a), f32.Input(b), scale, f32.Output(norm)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_pt(b.Shape[0], a.Shape[1], a.Shape[0], call.Input(w0SquaredNorm), call.Input(pt),
+                                                       call.Input(a), call.Input(b), scale, call.Output(norm)));
+        call.WriteBack();
     }
 
     public void DoraScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_scale_columns(z.Shape[0], z.Shape[1], f32.Input(z), f32.Input(magnitude), f32.Input(norm),
-                                                      f32.Input(bias), f32.Output(y)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_scale_columns(z.Shape[0], z.Shape[1], call.Input(z), call.Input(magnitude), call.Input(norm),
+                                                      call.Input(bias), call.Output(y)));
+        call.WriteBack();
     }
 
     public void DoraScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_scale_grad(dy.Shape[0], dy.Shape[1], f32.Input(dy), f32.Input(z), f32.Input(magnitude),
-                                                   f32.Input(norm), f32.Output(dMagnitude), f32.Output(dz)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_scale_grad(dy.Shape[0], dy.Shape[1], call.Input(dy), call.Input(z), call.Input(magnitude),
+                                                   call.Input(norm), call.Output(dMagnitude), call.Output(dz)));
+        call.WriteBack();
     }
 
     public void DoraDropout(Tensor x, float p, ulong seed, Tensor y)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_dropout(x.ElementCount, f32.Input(x), p, seed, f32.Output(y)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_dropout(x.ElementCount, call.Input(x), p, seed, call.Output(y)));
+        call.WriteBack();
     }
 
     public void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_scale_rows(w.Shape[0], w.Shape[1], f32.InputOutput(w), f32.Input(magnitude),
-                                                   f32.Input(norm), invert ? 1 : 0));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_dora_scale_rows(w.Shape[0], w.Shape[1], call.InputOutput(w), call.Input(magnitude),
+                                                   call.Input(norm), invert ? 1 : 0));
+        call.WriteBack();
     }
 }

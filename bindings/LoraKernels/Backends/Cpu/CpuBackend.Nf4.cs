@@ -9,57 +9,58 @@ internal sealed unsafe partial class CpuBackend
 {
     public void Quantize4Bit(Tensor weight, QuantizedWeight destination)
     {
-        using var f32 = new Fp32Staging();
+        using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_quantize_4bit((int)destination.QuantType, weight.ElementCount, destination.BlockSize,
-                                                 f32.Input(weight), (byte*)destination.CodesAddress, (float*)destination.AbsmaxAddress));
+                                                 call.Input(weight), call.Bytes(destination.Codes), call.Floats(destination.Absmax)));
     }
 
     public void Dequantize4Bit(QuantizedWeight weight, Tensor destination)
     {
-        using var f32 = new Fp32Staging();
-        LkQuantStats stats = LkQuantStats.Of(weight);
-        Check.Cpu(NativeCpu.lk_cpu_dequantize_4bit(weight.ElementCount, (byte*)weight.CodesAddress, &stats, f32.Output(destination)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        LkQuantStats stats = call.Stats(weight);
+        Check.Cpu(NativeCpu.lk_cpu_dequantize_4bit(weight.ElementCount, call.Bytes(weight.Codes), &stats, call.Output(destination)));
+        call.WriteBack();
     }
 
     public void DoubleQuantize(QuantizedWeight weight)
     {
+        using var call = new CpuCall();
         float offset;
-        Check.Cpu(NativeCpu.lk_cpu_double_quantize(weight.BlockCount, (float*)weight.AbsmaxAddress, (byte*)weight.QAbsmaxAddress,
-                                                   (float*)weight.Absmax2Address, &offset));
+        Check.Cpu(NativeCpu.lk_cpu_double_quantize(weight.BlockCount, call.Floats(weight.Absmax), call.Bytes(weight.QAbsmax),
+                                                   call.Floats(weight.Absmax2), &offset));
         weight.Offset = offset;
     }
 
     public void Nf4Matmul(Tensor x, QuantizedWeight w, Tensor? bias, Tensor y)
     {
-        using var f32 = new Fp32Staging();
-        LkQuantStats stats = LkQuantStats.Of(w);
-        float* yPointer = f32.Output(y);
-        Check.Cpu(NativeCpu.lk_cpu_nf4_matmul(x.Shape[0], x.Shape[1], w.Shape[0], f32.Input(x), (byte*)w.CodesAddress, &stats,
-                                              f32.Input(bias), yPointer));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        LkQuantStats stats = call.Stats(w);
+        float* yPointer = call.Output(y);
+        Check.Cpu(NativeCpu.lk_cpu_nf4_matmul(x.Shape[0], x.Shape[1], w.Shape[0], call.Input(x), call.Bytes(w.Codes), &stats,
+                                              call.Input(bias), yPointer));
+        call.WriteBack();
     }
 
     public void QloraForward(Tensor x, QuantizedWeight w, Tensor? bias, Tensor a, Tensor b, float scale,
                              float dropoutP, ulong seed, Tensor y, Tensor u)
     {
-        using var f32 = new Fp32Staging();
-        LkQuantStats stats = LkQuantStats.Of(w);
-        float* yPointer = f32.Output(y);
-        Check.Cpu(NativeCpu.lk_cpu_qlora_forward(x.Shape[0], x.Shape[1], w.Shape[0], a.Shape[0], f32.Input(x), (byte*)w.CodesAddress,
-                                                 &stats, f32.Input(bias), f32.Input(a), f32.Input(b), scale, dropoutP, seed,
-                                                 yPointer, f32.Output(u)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        LkQuantStats stats = call.Stats(w);
+        float* yPointer = call.Output(y);
+        Check.Cpu(NativeCpu.lk_cpu_qlora_forward(x.Shape[0], x.Shape[1], w.Shape[0], a.Shape[0], call.Input(x), call.Bytes(w.Codes),
+                                                 &stats, call.Input(bias), call.Input(a), call.Input(b), scale, dropoutP, seed,
+                                                 yPointer, call.Output(u)));
+        call.WriteBack();
     }
 
     public void QloraBackward(Tensor x, QuantizedWeight w, Tensor a, Tensor b, Tensor u, Tensor dy, float scale,
                               float dropoutP, ulong seed, Tensor? dx, Tensor? dA, Tensor? dB)
     {
-        using var f32 = new Fp32Staging();
-        LkQuantStats stats = LkQuantStats.Of(w);
-        Check.Cpu(NativeCpu.lk_cpu_qlora_backward(x.Shape[0], x.Shape[1], w.Shape[0], a.Shape[0], f32.Input(x), (byte*)w.CodesAddress,
-                                                  &stats, f32.Input(a), f32.Input(b), f32.Input(u), f32.Input(dy), scale,
-                                                  dropoutP, seed, f32.Output(dx), f32.Output(dA), f32.Output(dB)));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        LkQuantStats stats = call.Stats(w);
+        Check.Cpu(NativeCpu.lk_cpu_qlora_backward(x.Shape[0], x.Shape[1], w.Shape[0], a.Shape[0], call.Input(x), call.Bytes(w.Codes),
+                                                  &stats, call.Input(a), call.Input(b), call.Input(u), call.Input(dy), scale,
+                                                  dropoutP, seed, call.Output(dx), call.Output(dA), call.Output(dB)));
+        call.WriteBack();
     }
 }

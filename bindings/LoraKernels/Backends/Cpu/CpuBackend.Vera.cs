@@ -9,32 +9,32 @@ internal sealed unsafe partial class CpuBackend
     public void VeraForward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB,
                             float dropoutP, ulong seed, Tensor y, Tensor u)
     {
-        using var f32 = new Fp32Staging();
+        using var call = new CpuCall();
         long m = x.Shape[0], inFeatures = w0.Shape[1], outFeatures = w0.Shape[0], r = veraA.Shape[0];
-        float* yPointer = f32.Output(y);
-        Check.Cpu(NativeCpu.lk_cpu_vera_forward(m, inFeatures, outFeatures, r, f32.Input(x), f32.Input(w0), f32.Input(bias),
-                                                f32.Input(veraA), veraA.Shape[1], f32.Input(veraB), f32.Input(lambdaD),
-                                                f32.Input(lambdaB), dropoutP, seed, yPointer, f32.Output(u)));
-        f32.WriteBack();
+        float* yPointer = call.Output(y);
+        Check.Cpu(NativeCpu.lk_cpu_vera_forward(m, inFeatures, outFeatures, r, call.Input(x), call.Input(w0), call.Input(bias),
+                                                call.Input(veraA), veraA.Shape[1], call.Input(veraB), call.Input(lambdaD),
+                                                call.Input(lambdaB), dropoutP, seed, yPointer, call.Output(u)));
+        call.WriteBack();
     }
 
     public void VeraBackward(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy,
                              float dropoutP, ulong seed, Tensor? dx, Tensor? dLambdaD, Tensor? dLambdaB)
     {
-        using var f32 = new Fp32Staging();
+        using var call = new CpuCall();
         long m = dy.Shape[0], inFeatures = w0.Shape[1], outFeatures = w0.Shape[0], r = veraA.Shape[0];
-        Check.Cpu(NativeCpu.lk_cpu_vera_backward(m, inFeatures, outFeatures, r, f32.Input(w0), f32.Input(veraA), veraA.Shape[1],
-                                                 f32.Input(veraB), f32.Input(lambdaD), f32.Input(lambdaB), f32.Input(u),
-                                                 f32.Input(dy), dropoutP, seed, f32.Output(dx), f32.Output(dLambdaD),
-                                                 f32.Output(dLambdaB)));
-        f32.WriteBack();
+        Check.Cpu(NativeCpu.lk_cpu_vera_backward(m, inFeatures, outFeatures, r, call.Input(w0), call.Input(veraA), veraA.Shape[1],
+                                                 call.Input(veraB), call.Input(lambdaD), call.Input(lambdaB), call.Input(u),
+                                                 call.Input(dy), dropoutP, seed, call.Output(dx), call.Output(dLambdaD),
+                                                 call.Output(dLambdaB)));
+        call.WriteBack();
     }
 
     public void VeraMerge(Tensor w, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, float scale)
     {
-        using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_vera_merge(w.Shape[0], w.Shape[1], veraA.Shape[0], f32.InputOutput(w), f32.Input(veraA),
-                                              veraA.Shape[1], f32.Input(veraB), f32.Input(lambdaD), f32.Input(lambdaB), scale));
-        f32.WriteBack();
+        using var call = new CpuCall();
+        Check.Cpu(NativeCpu.lk_cpu_vera_merge(w.Shape[0], w.Shape[1], veraA.Shape[0], call.InputOutput(w), call.Input(veraA),
+                                              veraA.Shape[1], call.Input(veraB), call.Input(lambdaD), call.Input(lambdaB), scale));
+        call.WriteBack();
     }
 }

@@ -16,7 +16,7 @@ internal sealed partial class GpuBackend
     public void DoraRowSquaredNorm(Tensor w0, Tensor sqnorm)
     {
         int outFeatures = checked((int)w0.Shape[0]), inFeatures = checked((int)w0.Shape[1]);
-        using var args = new KernelArguments().Pointer(w0.Address).Pointer(sqnorm.Address).Int(outFeatures).Int(inFeatures);
+        using var args = new KernelArguments().Pointer(w0).Pointer(sqnorm).Int(outFeatures).Int(inFeatures);
         _device.Launch(KernelFor(w0.DType, "lk_dora_row_sqnorm_f32", "lk_dora_row_sqnorm_bf16"),
                        new Dim3((uint)CeilDiv(outFeatures, DoraRowsPerSqnormBlock)), new Dim3(DoraThreads), 0, args);
     }
@@ -30,15 +30,15 @@ internal sealed partial class GpuBackend
         using Tensor g = Tensor.Empty(w0.Device, DType.F32, rank, rank);
         // lk_lora_project computes u = x Aᵀ; with x := W0 it is P = W0 Aᵀ, with x := A it is G = A Aᵀ.
         using (var args = new KernelArguments()
-                   .Pointer(w0.Address).Pointer(a.Address).Pointer(p.Address)
+                   .Pointer(w0).Pointer(a).Pointer(p)
                    .Int(outFeatures).Int(inFeatures).Int(rank).Float(0f).ULong(0))
             _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
         using (var args = new KernelArguments()
-                   .Pointer(a.Address).Pointer(a.Address).Pointer(g.Address)
+                   .Pointer(a).Pointer(a).Pointer(g)
                    .Int(rank).Int(inFeatures).Int(rank).Float(0f).ULong(0))
             _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(rank, rank), new Dim3(LoraTileThreads), 0, args);
         using var normArgs = new KernelArguments()
-            .Pointer(w0SquaredNorm.Address).Pointer(p.Address).Pointer(g.Address).Pointer(b.Address).Pointer(norm.Address)
+            .Pointer(w0SquaredNorm).Pointer(p).Pointer(g).Pointer(b).Pointer(norm)
             .Int(outFeatures).Int(rank).Float(scale);
         _device.Launch(KernelFor(kernelDType, "lk_dora_weight_norm_f32", "lk_dora_weight_norm_bf16"), new Dim3((uint)CeilDiv(outFeatures, DoraThreads)),
                        new Dim3(DoraThreads), 0, normArgs);
@@ -53,8 +53,8 @@ internal sealed partial class GpuBackend
         int outFeatures = checked((int)w0.Shape[0]);
         int tokens = checked((int)(x.ElementCount / w0.Shape[1]));
         using var args = new KernelArguments()
-            .Pointer(preScale.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(bias?.Address ?? 0)
-            .Pointer(y.Address).Int(tokens).Int(outFeatures);
+            .Pointer(preScale).Pointer(magnitude).Pointer(norm).Pointer(bias)
+            .Pointer(y).Int(tokens).Int(outFeatures);
         LaunchElementwise(KernelFor(x.DType, "lk_dora_scale_columns_f32", "lk_dora_scale_columns_bf16"), (long)tokens * outFeatures, args);
     }
 
@@ -67,7 +67,7 @@ internal sealed partial class GpuBackend
         if (dMagnitude is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(z.Address).Pointer(norm.Address).Pointer(dMagnitude.Address)
+                .Pointer(dy).Pointer(z).Pointer(norm).Pointer(dMagnitude)
                 .Int(tokens).Int(outFeatures);
             _device.Launch(KernelFor(kernelDType, "lk_dora_magnitude_grad_f32", "lk_dora_magnitude_grad_bf16"), new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
                            new Dim3(DoraThreads), 0, args);
@@ -75,7 +75,7 @@ internal sealed partial class GpuBackend
         if (dx is null && dA is null && dB is null) return;
         using Tensor dz = Tensor.Empty(x.Device, x.DType, tokens, outFeatures);
         using (var args = new KernelArguments()
-                   .Pointer(dy.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(dz.Address)
+                   .Pointer(dy).Pointer(magnitude).Pointer(norm).Pointer(dz)
                    .Int(tokens).Int(outFeatures))
             LaunchElementwise(KernelFor(kernelDType, "lk_dora_scale_grad_f32", "lk_dora_scale_grad_bf16"), (long)tokens * outFeatures, args);
         LoraBackward(x, w0, a, b, u, dz, scale, 0f, 0, dx, dA, dB);
@@ -87,11 +87,11 @@ internal sealed partial class GpuBackend
         int rank = checked((int)a.Shape[0]);
         using Tensor g = Tensor.Empty(a.Device, DType.F32, rank, rank);
         using (var args = new KernelArguments()
-                   .Pointer(a.Address).Pointer(a.Address).Pointer(g.Address)
+                   .Pointer(a).Pointer(a).Pointer(g)
                    .Int(rank).Int(inFeatures).Int(rank).Float(0f).ULong(0))
             _device.Launch("lk_lora_project_f32", LoraTileGrid(rank, rank), new Dim3(LoraTileThreads), 0, args);
         using var normArgs = new KernelArguments()
-            .Pointer(w0SquaredNorm.Address).Pointer(pt.Address).Pointer(g.Address).Pointer(b.Address).Pointer(norm.Address)
+            .Pointer(w0SquaredNorm).Pointer(pt).Pointer(g).Pointer(b).Pointer(norm)
             .Int(outFeatures).Int(rank).Float(scale);
         _device.Launch("lk_dora_weight_norm_pt_f32", new Dim3((uint)CeilDiv(outFeatures, DoraThreads)),
                        new Dim3(DoraThreads), 0, normArgs);
@@ -101,8 +101,8 @@ internal sealed partial class GpuBackend
     {
         int tokens = checked((int)z.Shape[0]), outFeatures = checked((int)z.Shape[1]);
         using var args = new KernelArguments()
-            .Pointer(z.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(bias?.Address ?? 0)
-            .Pointer(y.Address).Int(tokens).Int(outFeatures);
+            .Pointer(z).Pointer(magnitude).Pointer(norm).Pointer(bias)
+            .Pointer(y).Int(tokens).Int(outFeatures);
         LaunchElementwise(KernelFor(z.DType, "lk_dora_scale_columns_f32", "lk_dora_scale_columns_bf16"), (long)tokens * outFeatures, args);
     }
 
@@ -113,7 +113,7 @@ internal sealed partial class GpuBackend
         if (dMagnitude is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(z.Address).Pointer(norm.Address).Pointer(dMagnitude.Address)
+                .Pointer(dy).Pointer(z).Pointer(norm).Pointer(dMagnitude)
                 .Int(tokens).Int(outFeatures);
             _device.Launch(KernelFor(kernelDType, "lk_dora_magnitude_grad_f32", "lk_dora_magnitude_grad_bf16"), new Dim3((uint)CeilDiv(outFeatures, DoraGradColumns)),
                            new Dim3(DoraThreads), 0, args);
@@ -121,7 +121,7 @@ internal sealed partial class GpuBackend
         if (dz is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(magnitude.Address).Pointer(norm.Address).Pointer(dz.Address)
+                .Pointer(dy).Pointer(magnitude).Pointer(norm).Pointer(dz)
                 .Int(tokens).Int(outFeatures);
             LaunchElementwise(KernelFor(kernelDType, "lk_dora_scale_grad_f32", "lk_dora_scale_grad_bf16"), (long)tokens * outFeatures, args);
         }
@@ -130,7 +130,7 @@ internal sealed partial class GpuBackend
     public void DoraDropout(Tensor x, float p, ulong seed, Tensor y)
     {
         int n = checked((int)x.ElementCount);
-        using var args = new KernelArguments().Pointer(x.Address).Pointer(y.Address).Int(n).Float(p).ULong(seed);
+        using var args = new KernelArguments().Pointer(x).Pointer(y).Int(n).Float(p).ULong(seed);
         LaunchElementwise("lk_dora_dropout_f32", n, args);
     }
 
@@ -138,7 +138,7 @@ internal sealed partial class GpuBackend
     {
         int outFeatures = checked((int)w.Shape[0]), inFeatures = checked((int)w.Shape[1]);
         using var args = new KernelArguments()
-            .Pointer(w.Address).Pointer(magnitude.Address).Pointer(norm.Address)
+            .Pointer(w).Pointer(magnitude).Pointer(norm)
             .Int(outFeatures).Int(inFeatures).Int(invert ? 1 : 0);
         LaunchElementwise(KernelFor(w.DType, "lk_dora_scale_rows_f32", "lk_dora_scale_rows_bf16"), (long)outFeatures * inFeatures, args);
     }

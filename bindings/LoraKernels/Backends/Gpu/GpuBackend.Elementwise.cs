@@ -14,7 +14,7 @@ internal sealed partial class GpuBackend
     {
         long n = x.ElementCount;
         if (n == 0) return;
-        using var args = new KernelArguments().Pointer(x.Address).Pointer(y.Address).Long(n);
+        using var args = new KernelArguments().Pointer(x).Pointer(y).Long(n);
         LaunchElementwise("lk_ew_relu_forward_f32", n, args);
     }
 
@@ -22,7 +22,7 @@ internal sealed partial class GpuBackend
     {
         long n = x.ElementCount;
         if (n == 0) return;
-        using var args = new KernelArguments().Pointer(x.Address).Pointer(dy.Address).Pointer(dx.Address).Long(n);
+        using var args = new KernelArguments().Pointer(x).Pointer(dy).Pointer(dx).Long(n);
         LaunchElementwise("lk_ew_relu_backward_f32", n, args);
     }
 
@@ -30,7 +30,7 @@ internal sealed partial class GpuBackend
     {
         long n = x.ElementCount;
         if (n == 0) return;
-        using var args = new KernelArguments().Float(alpha).Pointer(x.Address).Pointer(y.Address).Long(n);
+        using var args = new KernelArguments().Float(alpha).Pointer(x).Pointer(y).Long(n);
         LaunchElementwise("lk_ew_axpy_f32", n, args);
     }
 
@@ -44,7 +44,7 @@ internal sealed partial class GpuBackend
         if (n > 0)
         {
             using var args = new KernelArguments()
-                .Pointer(pred.Address).Pointer(target.Address).Pointer(sum.Address).Pointer(dpred?.Address ?? 0)
+                .Pointer(pred).Pointer(target).Pointer(sum).Pointer(dpred)
                 .Long(n);
             LaunchElementwise("lk_ew_mse_loss_f32", n, args);
         }
@@ -66,7 +66,7 @@ internal sealed partial class GpuBackend
             (DType.BF16, DType.F32) => "lk_ew_cast_bf16_to_f32",
             _ => throw new NotSupportedException($"No cast kernel from {source.DType} to {destination.DType}."),
         };
-        using var args = new KernelArguments().Pointer(source.Address).Pointer(destination.Address).Long(n);
+        using var args = new KernelArguments().Pointer(source).Pointer(destination).Long(n);
         LaunchElementwise(kernel, n, args);
     }
 
@@ -75,7 +75,7 @@ internal sealed partial class GpuBackend
         long n = tensor.ElementCount;
         if (n == 0) return;
         string kernel = KernelFor(tensor.DType, "lk_ew_fill_f32", "lk_ew_fill_bf16");
-        using var args = new KernelArguments().Pointer(tensor.Address).Float(value).Long(n);
+        using var args = new KernelArguments().Pointer(tensor).Float(value).Long(n);
         LaunchElementwise(kernel, n, args);
     }
 

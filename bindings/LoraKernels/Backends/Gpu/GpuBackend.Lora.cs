@@ -32,8 +32,8 @@ internal sealed partial class GpuBackend
         if (decode is { } geometry)
         {
             using var args = new KernelArguments()
-                .Pointer(x.Address).Pointer(w0.Address).Pointer(bias?.Address ?? 0).Pointer(a.Address)
-                .Pointer(b.Address).Pointer(y.Address).Pointer(u.Address)
+                .Pointer(x).Pointer(w0).Pointer(bias).Pointer(a)
+                .Pointer(b).Pointer(y).Pointer(u)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank)
                 .Float(scale).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_lora_forward_decode_f32", "lk_lora_forward_decode_bf16"), new Dim3(geometry.Blocks), new Dim3(LoraDecodeThreads),
@@ -44,14 +44,14 @@ internal sealed partial class GpuBackend
         if (rank > 0)
         {
             using var projectArgs = new KernelArguments()
-                .Pointer(x.Address).Pointer(a.Address).Pointer(u.Address)
+                .Pointer(x).Pointer(a).Pointer(u)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0,
                            projectArgs);
         }
         using var tiledArgs = new KernelArguments()
-            .Pointer(x.Address).Pointer(w0.Address).Pointer(bias?.Address ?? 0).Pointer(u.Address)
-            .Pointer(b.Address).Pointer(y.Address)
+            .Pointer(x).Pointer(w0).Pointer(bias).Pointer(u)
+            .Pointer(b).Pointer(y)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(scale);
         _device.Launch(KernelFor(kernelDType, "lk_lora_forward_tiled_f32", "lk_lora_forward_tiled_bf16"), LoraTileGrid(tokens, outFeatures),
                        new Dim3(LoraTileThreads), 0, tiledArgs);
@@ -70,14 +70,14 @@ internal sealed partial class GpuBackend
         if (du is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(b.Address).Pointer(du.Address)
+                .Pointer(dy).Pointer(b).Pointer(du)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
         }
         if (dB is not null && rank > 0)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(u.Address).Pointer(dB.Address)
+                .Pointer(dy).Pointer(u).Pointer(dB)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0,
                            args);
@@ -85,7 +85,7 @@ internal sealed partial class GpuBackend
         if (dA is not null && du is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(du.Address).Pointer(x.Address).Pointer(dA.Address)
+                .Pointer(du).Pointer(x).Pointer(dA)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_a_f32", "lk_lora_grad_a_bf16"), LoraTileGrid(rank, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
@@ -93,8 +93,8 @@ internal sealed partial class GpuBackend
         if (dx is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(w0.Address).Pointer(du?.Address ?? 0).Pointer(a.Address)
-                .Pointer(dx.Address)
+                .Pointer(dy).Pointer(w0).Pointer(du).Pointer(a)
+                .Pointer(dx)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
@@ -107,7 +107,7 @@ internal sealed partial class GpuBackend
         int rank = checked((int)a.Shape[0]);
         if (rank == 0) return;
         using var args = new KernelArguments()
-            .Pointer(w.Address).Pointer(a.Address).Pointer(b.Address)
+            .Pointer(w).Pointer(a).Pointer(b)
             .Int(outFeatures).Int(inFeatures).Int(rank).Float(scale);
         _device.Launch(KernelFor(w.DType, "lk_lora_merge_f32", "lk_lora_merge_bf16"), LoraTileGrid(outFeatures, inFeatures),
                        new Dim3(LoraTileThreads), 0, args);

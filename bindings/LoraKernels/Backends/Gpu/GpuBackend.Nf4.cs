@@ -25,7 +25,7 @@ internal sealed partial class GpuBackend
     {
         long n = weight.ElementCount;
         using var args = new KernelArguments()
-            .Pointer(weight.Address).Pointer(destination.CodesAddress).Pointer(destination.AbsmaxAddress)
+            .Pointer(weight).Pointer(destination.Codes).Pointer(destination.Absmax)
             .Long(n).Int(destination.BlockSize).Int((int)destination.QuantType);
         _device.Launch(KernelFor(weight.DType, "lk_nf4_quantize_f32", "lk_nf4_quantize_bf16"),
                        new Dim3(checked((uint)CeilDiv(destination.BlockCount, Nf4QuantizeBlocksPerLaunchBlock))),
@@ -35,8 +35,8 @@ internal sealed partial class GpuBackend
     public void Dequantize4Bit(QuantizedWeight weight, Tensor destination)
     {
         long n = weight.ElementCount;
-        using var args = StatsArguments(new KernelArguments().Pointer(weight.CodesAddress), weight)
-            .Pointer(destination.Address).Long(n).Int(weight.BlockSize).Int((int)weight.QuantType);
+        using var args = StatsArguments(new KernelArguments().Pointer(weight.Codes), weight)
+            .Pointer(destination).Long(n).Int(weight.BlockSize).Int((int)weight.QuantType);
         _device.Launch(KernelFor(destination.DType, "lk_nf4_dequantize_f32", "lk_nf4_dequantize_bf16"),
                        new Dim3(ElementwiseGrid(weight.CodeBytes, _device.MultiprocessorCount)),
                        new Dim3(ElementwiseThreads), 0, args);
@@ -51,13 +51,13 @@ internal sealed partial class GpuBackend
     {
         using Tensor offset = Tensor.Empty(weight.Device, DType.F32, 1);
         using (var args = new KernelArguments()
-                   .Pointer(weight.AbsmaxAddress).Pointer(offset.Address).Long(weight.BlockCount))
+                   .Pointer(weight.Absmax).Pointer(offset).Long(weight.BlockCount))
         {
             _device.Launch("lk_nf4_absmax_mean_f32", new Dim3(1), new Dim3(Nf4NestedThreads), 0, args);
         }
         using (var args = new KernelArguments()
-                   .Pointer(weight.AbsmaxAddress).Pointer(weight.QAbsmaxAddress).Pointer(weight.Absmax2Address)
-                   .Pointer(offset.Address).Long(weight.BlockCount))
+                   .Pointer(weight.Absmax).Pointer(weight.QAbsmax).Pointer(weight.Absmax2)
+                   .Pointer(offset).Long(weight.BlockCount))
         {
             _device.Launch("lk_nf4_double_quantize_f32", new Dim3(checked((uint)weight.NestedBlockCount)),
                            new Dim3(Nf4NestedThreads), 0, args);
@@ -71,8 +71,8 @@ internal sealed partial class GpuBackend
         DType kernelDType = x.DType;
         var decode = Nf4DecodeGeometry(tokens, inFeatures, outFeatures, 0, _device.MultiprocessorCount,
                                        _device.MaxDynamicSharedBytesPerBlock);
-        using var args = StatsArguments(new KernelArguments().Pointer(x.Address).Pointer(w.CodesAddress), w)
-            .Pointer(bias?.Address ?? 0).Pointer(y.Address)
+        using var args = StatsArguments(new KernelArguments().Pointer(x).Pointer(w.Codes), w)
+            .Pointer(bias).Pointer(y)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(w.BlockSize).Int((int)w.QuantType);
         if (decode is { } geometry)
             _device.Launch(KernelFor(kernelDType, "lk_nf4_matmul_decode_f32", "lk_nf4_matmul_decode_bf16"), new Dim3(geometry.Blocks), new Dim3(LoraDecodeThreads),
@@ -92,9 +92,9 @@ internal sealed partial class GpuBackend
                                        _device.MaxDynamicSharedBytesPerBlock);
         if (decode is { } geometry)
         {
-            using var args = StatsArguments(new KernelArguments().Pointer(x.Address).Pointer(w.CodesAddress), w)
-                .Pointer(bias?.Address ?? 0).Pointer(a.Address).Pointer(b.Address).Pointer(y.Address)
-                .Pointer(u.Address)
+            using var args = StatsArguments(new KernelArguments().Pointer(x).Pointer(w.Codes), w)
+                .Pointer(bias).Pointer(a).Pointer(b).Pointer(y)
+                .Pointer(u)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
                 .Float(scale).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_nf4_qlora_forward_decode_f32", "lk_nf4_qlora_forward_decode_bf16"), new Dim3(geometry.Blocks),
@@ -105,13 +105,13 @@ internal sealed partial class GpuBackend
         if (rank > 0)
         {
             using var projectArgs = new KernelArguments()
-                .Pointer(x.Address).Pointer(a.Address).Pointer(u.Address)
+                .Pointer(x).Pointer(a).Pointer(u)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_lora_project_f32", "lk_lora_project_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0,
                            projectArgs);
         }
-        using var tiledArgs = StatsArguments(new KernelArguments().Pointer(x.Address).Pointer(w.CodesAddress), w)
-            .Pointer(bias?.Address ?? 0).Pointer(u.Address).Pointer(b.Address).Pointer(y.Address)
+        using var tiledArgs = StatsArguments(new KernelArguments().Pointer(x).Pointer(w.Codes), w)
+            .Pointer(bias).Pointer(u).Pointer(b).Pointer(y)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
             .Float(scale);
         _device.Launch(KernelFor(kernelDType, "lk_nf4_qlora_forward_tiled_f32", "lk_nf4_qlora_forward_tiled_bf16"), LoraTileGrid(tokens, outFeatures),
@@ -133,14 +133,14 @@ internal sealed partial class GpuBackend
         if (du is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(b.Address).Pointer(du.Address)
+                .Pointer(dy).Pointer(b).Pointer(du)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
         }
         if (dB is not null && rank > 0)
         {
             using var args = new KernelArguments()
-                .Pointer(dy.Address).Pointer(u.Address).Pointer(dB.Address)
+                .Pointer(dy).Pointer(u).Pointer(dB)
                 .Int(tokens).Int(outFeatures).Int(rank).Float(scale);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0,
                            args);
@@ -148,15 +148,15 @@ internal sealed partial class GpuBackend
         if (dA is not null && du is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(du.Address).Pointer(x.Address).Pointer(dA.Address)
+                .Pointer(du).Pointer(x).Pointer(dA)
                 .Int(tokens).Int(inFeatures).Int(rank).Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_a_f32", "lk_lora_grad_a_bf16"), LoraTileGrid(rank, inFeatures), new Dim3(LoraTileThreads), 0,
                            args);
         }
         if (dx is not null)
         {
-            using var args = StatsArguments(new KernelArguments().Pointer(dy.Address).Pointer(w.CodesAddress), w)
-                .Pointer(du?.Address ?? 0).Pointer(a.Address).Pointer(dx.Address)
+            using var args = StatsArguments(new KernelArguments().Pointer(dy).Pointer(w.Codes), w)
+                .Pointer(du).Pointer(a).Pointer(dx)
                 .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
                 .Float(dropoutP).ULong(seed);
             _device.Launch(KernelFor(kernelDType, "lk_nf4_grad_x_f32", "lk_nf4_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
@@ -182,8 +182,8 @@ internal sealed partial class GpuBackend
     /// <summary>Appends the statistics arguments (absmax, qabsmax, absmax2, offset) of a plain or nested weight.</summary>
     private static KernelArguments StatsArguments(KernelArguments args, QuantizedWeight w) =>
         w.IsNested
-            ? args.Pointer(0).Pointer(w.QAbsmaxAddress).Pointer(w.Absmax2Address).Float(w.Offset)
-            : args.Pointer(w.AbsmaxAddress).Pointer(0).Pointer(0).Float(0.0f);
+            ? args.NullPointer().Pointer(w.QAbsmax).Pointer(w.Absmax2).Float(w.Offset)
+            : args.Pointer(w.Absmax).NullPointer().NullPointer().Float(0.0f);
 
     /// <summary>(M, in, out) of a matmul with the [out, in] quantized weight: tokens are x's elements over in.</summary>
     private static (int Tokens, int In, int Out) Nf4Dims(Tensor x, QuantizedWeight w)

@@ -15,7 +15,7 @@ internal sealed partial class GpuBackend
         float biasCorrection1 = (float)(1.0 - Math.Pow(beta1, step));
         float biasCorrection2 = (float)(1.0 - Math.Pow(beta2, step));
         using var args = new KernelArguments()
-            .Pointer(param.Address).Pointer(grad.Address).Pointer(m.Address).Pointer(v.Address).Long(n)
+            .Pointer(param).Pointer(grad).Pointer(m).Pointer(v).Long(n)
             .Float(lr).Float(beta1).Float(beta2).Float(eps).Float(weightDecay)
             .Float(biasCorrection1).Float(biasCorrection2);
         LaunchElementwise("lk_optim_adamw_f32", n, args);

@@ -39,12 +39,12 @@ internal sealed partial class GpuBackend
             {
                 // du = dy B' = (dy ⊙ λ_b) B_l ⊙ λ_d, then dx = dy W0 + dropout'(du A_l) in one pass.
                 using (var args = new KernelArguments()
-                           .Pointer(dy.Address).Pointer(bFolded.Address).Pointer(du.Address)
+                           .Pointer(dy).Pointer(bFolded).Pointer(du)
                            .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
                     _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
                 using (var args = new KernelArguments()
-                           .Pointer(dy.Address).Pointer(w0.Address).Pointer(du.Address).Pointer((aDense ?? veraA).Address)
-                           .Pointer(dx.Address)
+                           .Pointer(dy).Pointer(w0).Pointer(du).Pointer(aDense ?? veraA)
+                           .Pointer(dx)
                            .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed))
                     _device.Launch(KernelFor(kernelDType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
                                    args);
@@ -55,13 +55,13 @@ internal sealed partial class GpuBackend
         // G = dyᵀ u [out, r]; dλ_b and dλ_d are its rows and columns weighted by B_l and the other vector.
         using Tensor g = Tensor.Empty(dy.Device, dy.DType, outFeatures, rank);
         using (var args = new KernelArguments()
-                   .Pointer(dy.Address).Pointer(u.Address).Pointer(g.Address)
+                   .Pointer(dy).Pointer(u).Pointer(g)
                    .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
             _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
         if (dLambdaB is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(g.Address).Pointer(veraB.Address).Pointer(lambdaD.Address).Pointer(dLambdaB.Address)
+                .Pointer(g).Pointer(veraB).Pointer(lambdaD).Pointer(dLambdaB)
                 .Int(outFeatures).Int(rank);
             _device.Launch(KernelFor(kernelDType, "lk_vera_grad_lambda_b_f32", "lk_vera_grad_lambda_b_bf16"), new Dim3((uint)CeilDiv(outFeatures, VeraRowsPerBlock)),
                            new Dim3(VeraThreads), 0, args);
@@ -69,7 +69,7 @@ internal sealed partial class GpuBackend
         if (dLambdaD is not null)
         {
             using var args = new KernelArguments()
-                .Pointer(g.Address).Pointer(veraB.Address).Pointer(lambdaB.Address).Pointer(dLambdaD.Address)
+                .Pointer(g).Pointer(veraB).Pointer(lambdaB).Pointer(dLambdaD)
                 .Int(outFeatures).Int(rank);
             _device.Launch(KernelFor(kernelDType, "lk_vera_grad_lambda_d_f32", "lk_vera_grad_lambda_d_bf16"), new Dim3((uint)CeilDiv(rank, VeraColumnsPerBlock)),
                            new Dim3(VeraThreads), 0, args);
@@ -100,8 +100,8 @@ internal sealed partial class GpuBackend
             bFolded = Tensor.Empty(w0.Device, w0.DType, outFeatures, rank);
             long total = (aDense is null ? 0 : (long)rank * inFeatures) + (long)outFeatures * rank;
             using var args = new KernelArguments()
-                .Pointer(veraA.Address).Int(lda).Pointer(veraB.Address).Pointer(lambdaD.Address).Pointer(lambdaB.Address)
-                .Pointer(aDense?.Address ?? 0).Pointer(bFolded.Address)
+                .Pointer(veraA).Int(lda).Pointer(veraB).Pointer(lambdaD).Pointer(lambdaB)
+                .Pointer(aDense).Pointer(bFolded)
                 .Int(inFeatures).Int(outFeatures).Int(rank);
             _device.Launch(KernelFor(w0.DType, "lk_vera_fold_f32", "lk_vera_fold_bf16"), new Dim3(ElementwiseGrid(total, _device.MultiprocessorCount)),
                            new Dim3(VeraThreads), 0, args);
