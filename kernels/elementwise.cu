@@ -6,7 +6,10 @@
 //   lk_ew_relu_forward_f32    y = x <= 0 ? 0 : x  (NaN propagates, as torch.relu)       8 B/elem
 //   lk_ew_relu_backward_f32   dx = x > 0 ? dy : 0 (torch's threshold_backward)          12 B/elem
 //   lk_ew_axpy_f32            y += alpha·x                                               12 B/elem, 2 FLOPs
-//   lk_ew_mse_loss_f32        *loss_sum += Σ (pred - target)²; dpred = 2(pred - target)/n 8 (+4) B/elem, 3 FLOPs
+//   lk_ew_mse_loss_f32        block_sums[b] = Σ over block b's elements of (pred - target)²;
+//                             dpred = 2(pred - target)/n                                 8 (+4) B/elem, 3 FLOPs
+//   lk_ew_first_nonfinite_f32 block_first[b] = smallest index of a NaN/±Inf that block b   4 B/elem
+//   lk_ew_first_nonfinite_bf16   visits, or n when it visits none                         2 B/elem
 //   lk_ew_cast_f32_to_bf16    round to nearest even (common.cuh)                        6 B/elem
 //   lk_ew_cast_bf16_to_f32    exact                                                      6 B/elem
 //   lk_ew_fill_f32            dst = value                                                4 B/elem
@@ -15,11 +18,12 @@
 // Strategy: grid-stride loops (kEwThreads threads a block; the launcher caps the grid at a few
 // blocks per SM and the loop covers the rest), one coalesced scalar access per element and
 // array. All are bound by memory bandwidth; scalar 4-byte accesses from a full grid already
-// reach most of it, so no vector path. The MSE reduction accumulates in double per thread,
-// reduces the block through warp shuffles and one shared slot per warp, and adds one fp32
-// partial per block to *loss_sum with atomicAdd (the launcher zeroes it first and divides by
-// n); dpred is computed in double and rounded once, like the CPU kernel, so it matches it bit
-// for bit. Assumptions: none on alignment; n >= 0.
+// reach most of it, so no vector path. The reductions (MSE, first non-finite) are deterministic:
+// each thread reduces its grid-stride elements, the block reduces through warp shuffles and one
+// shared slot per warp, and each block writes its own partial (no atomics); the launcher adds
+// the grid's partials in block order on the host (a few dozen values), so a run repeats bit for
+// bit. The MSE accumulates in double; dpred is computed in double and rounded once, like the CPU
+// kernel, so it matches it bit for bit. Assumptions: none on alignment; n >= 0.
 #include "common.cuh"
 
 namespace {
@@ -46,6 +50,40 @@ LK_DEVICE double lk_warp_sum_f64(double v) {
     return v;
 }
 
+LK_DEVICE lk_i64 lk_warp_min_i64(lk_i64 v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const lk_i64 o = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = o < v ? o : v;
+    }
+    return v;
+}
+
+LK_DEVICE bool lk_non_finite(float v) { return (lk_f32_bits(v) & 0x7f800000u) == 0x7f800000u; }
+LK_DEVICE bool lk_non_finite(lk_bf16 v) { return (v.bits & 0x7f80u) == 0x7f80u; }
+
+// block_first[blockIdx.x] = the smallest i this block's threads visit with src[i] non-finite, or n.
+template <class T>
+LK_DEVICE void lk_ew_first_nonfinite(const T* src, lk_i64 n, lk_i64* block_first) {
+    LK_SHARED(lk_i64, warp_first, [kEwThreads / 32]);
+    lk_i64 first = n;
+    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
+        if (lk_non_finite(src[i])) {
+            first = i;  // a thread's indices only grow, so its first hit is its smallest
+            break;
+        }
+    }
+    first = lk_warp_min_i64(first);
+    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
+    if (lane == 0) warp_first[warp] = first;
+    __syncthreads();
+    if (warp == 0) {
+        lk_i64 block = lane < kEwThreads / 32 ? warp_first[lane] : n;
+        block = lk_warp_min_i64(block);
+        if (lane == 0) block_first[blockIdx.x] = block;
+    }
+}
+
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_relu_forward_f32(const float* x, float* y,
@@ -69,9 +107,9 @@ extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_axpy_f32(float al
 }
 LK_KERNEL(lk_ew_axpy_f32);
 
-// loss_sum: one float, zeroed by the launcher, receives one atomicAdd per block. dpred may be null.
+// block_sums: one double per block of the grid. dpred may be null.
 extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_mse_loss_f32(const float* pred, const float* target,
-                                                                            float* loss_sum, float* dpred,
+                                                                            double* block_sums, float* dpred,
                                                                             long long n) {
     LK_SHARED(double, warp_sums, [kEwThreads / 32]);
     const double inv_n = 1.0 / (double)n;
@@ -88,10 +126,23 @@ extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_mse_loss_f32(cons
     if (warp == 0) {
         double block_sum = lane < kEwThreads / 32 ? warp_sums[lane] : 0.0;
         block_sum = lk_warp_sum_f64(block_sum);
-        if (lane == 0) atomicAdd(loss_sum, (float)block_sum);
+        if (lane == 0) block_sums[blockIdx.x] = block_sum;
     }
 }
 LK_KERNEL(lk_ew_mse_loss_f32);
+
+// block_first: one long long per block of the grid.
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_first_nonfinite_f32(const float* src, long long n,
+                                                                                   long long* block_first) {
+    lk_ew_first_nonfinite(src, n, block_first);
+}
+LK_KERNEL(lk_ew_first_nonfinite_f32);
+
+extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_first_nonfinite_bf16(const lk_bf16* src, long long n,
+                                                                                    long long* block_first) {
+    lk_ew_first_nonfinite(src, n, block_first);
+}
+LK_KERNEL(lk_ew_first_nonfinite_bf16);
 
 extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_cast_f32_to_bf16(const float* src, lk_bf16* dst,
                                                                                 long long n) {

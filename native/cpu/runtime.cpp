@@ -63,6 +63,9 @@ LK_API int64_t lk_cpu_last_error(char* buffer, int64_t capacity) {
 LK_API int32_t lk_cpu_isa(void) { return lk::cpu::active_kernels().isa_bits; }
 
 LK_API lk_status lk_cpu_set_num_threads(int32_t n) {
+    if (n > LK_CPU_MAX_THREADS)
+        return lk::fail(LK_ERR_INVALID_ARGUMENT, "lk_cpu_set_num_threads: %d threads requested; at most %d", n,
+                        LK_CPU_MAX_THREADS);
     lk::cpu::g_thread_count.store(n > 0 ? n : lk::cpu::default_thread_count(),
                                   std::memory_order_relaxed);
     return LK_OK;

@@ -9,6 +9,8 @@
 // (lwork = -1) and iwork holds 8k integers. FLOP ~ O(m*n*k) (LAPACK's; roughly 4mnk + 8k^3
 // with vectors). LAPACK's integers are 32-bit (the reference LAPACK and OpenBLAS's default
 // builds), so m, n and m*n must fit. info != 0 (no convergence) is LK_ERR_INTERNAL with info.
+// A holding NaN or +-Inf is LK_ERR_INVALID_ARGUMENT naming the first such index, before LAPACK
+// sees it: sgesdd rejects NaN as an "illegal argument" and never returns on +Inf.
 #include <climits>
 #include <vector>
 
@@ -34,6 +36,13 @@ LK_API lk_status lk_cpu_svd(int64_t m, int64_t n, const float* A, float* U, floa
                         "%s: m = %lld, n = %lld exceed LAPACK's 32-bit sizes", fn, (long long)m,
                         (long long)n);
     if (!any) return LK_OK;
+    int64_t bad = -1;
+    const lk_status scanned = lk_cpu_first_nonfinite(m * n, A, &bad);
+    if (scanned != LK_OK) return scanned;
+    if (bad >= 0)
+        return lk::fail(LK_ERR_INVALID_ARGUMENT,
+                        "%s: A[%lld] (row %lld, column %lld) = %g is not finite; an SVD needs finite values",
+                        fn, (long long)bad, (long long)(bad / n), (long long)(bad % n), (double)A[bad]);
     return lk::cpu::guarded(fn, [&]() -> lk_status {
         // LAPACK's view: the column-major matrix A^T with rows = n, cols = m.
         const int rows = (int)n, cols = (int)m, k = (int)(m < n ? m : n);

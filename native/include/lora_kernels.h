@@ -45,7 +45,9 @@ LK_API int64_t lk_cpu_last_error(char* buffer, int64_t capacity);
 
 /* Bit 0: AVX2+FMA kernels in use; bit 1: AVX-512F kernels in use; 0: portable fallback. */
 LK_API int32_t lk_cpu_isa(void);
-/* OpenMP threads used by every CPU kernel (default: the number of cores). n <= 0 restores the default. */
+/* OpenMP threads used by every CPU kernel (default: the number of cores). n <= 0 restores the default;
+ * n > LK_CPU_MAX_THREADS is LK_ERR_INVALID_ARGUMENT (the count is unchanged). */
+#define LK_CPU_MAX_THREADS 1024
 LK_API lk_status lk_cpu_set_num_threads(int32_t n);
 LK_API int32_t lk_cpu_get_num_threads(void);
 
@@ -88,9 +90,12 @@ LK_API lk_status lk_cpu_relu_forward(int64_t n, const float* x, float* y);
 LK_API lk_status lk_cpu_relu_backward(int64_t n, const float* x, const float* dy, float* dx);
 /* y += alpha * x */
 LK_API lk_status lk_cpu_axpy(int64_t n, float alpha, const float* x, float* y);
-/* loss[0] = mean((pred - target)^2); dpred (nullable) = 2 * (pred - target) / n. Sums in double. */
+/* loss[0] = mean((pred - target)^2); dpred (nullable) = 2 * (pred - target) / n. Sums in double
+ * over fixed chunks in a fixed order: the same bits for any thread count. */
 LK_API lk_status lk_cpu_mse_loss(int64_t n, const float* pred, const float* target, float* loss,
                                  float* dpred);
+/* index[0] = the smallest i < n with x[i] NaN or +-Inf, or -1 when all n values are finite. */
+LK_API lk_status lk_cpu_first_nonfinite(int64_t n, const float* x, int64_t* index);
 /* AdamW as torch.optim.AdamW: p -= lr*wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
  * p -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps). step counts from 1. */
 LK_API lk_status lk_cpu_adamw_step(int64_t n, float* param, const float* grad, float* m, float* v,

@@ -7,8 +7,9 @@ namespace LoraKernels.Tests;
 /// Microsoft.Testing.Platform, as the generated entry point would (this is what `dotnet test`
 /// launches). With "benchmarks" as the first argument it runs the BenchmarkDotNet benchmarks with
 /// the remaining arguments instead, so the GPU bundle ships a single self-contained program whose
-/// one trimmed runtime serves both. With "gc-stress" first it runs the GC stress program that
-/// GcStressTests starts as a child process (Safety/GcStressProgram.cs).
+/// one trimmed runtime serves both. With "gc-stress" or "train-digest" first it runs the child
+/// programs that GcStressTests and DeterminismTests start (Safety/GcStressProgram.cs,
+/// Safety/TrainingDigestProgram.cs).
 /// </summary>
 internal static class Program
 {
@@ -18,6 +19,8 @@ internal static class Program
             return LoraKernels.Benchmarks.BenchmarkProgram.Run(args[1..]);
         if (args.Length > 0 && args[0] == "gc-stress")
             return Safety.GcStressProgram.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "train-digest")
+            return Safety.TrainingDigestProgram.Run(args[1..]);
 
         ITestApplicationBuilder builder = await TestApplication.CreateBuilderAsync(args);
         builder.AddSelfRegisteredExtensions(args);

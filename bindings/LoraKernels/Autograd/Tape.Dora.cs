@@ -12,7 +12,7 @@ public sealed partial class Tape
     public Variable Dora(DoraLinear layer, Variable x)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         if (layer.Merged)
             throw new InvalidOperationException("The DoraLinear layer is merged (W0 holds (m/n)·(W0 + s·B·A)); call Unmerge before training it.");
@@ -30,7 +30,7 @@ public sealed partial class Tape
         Own(y);
         Own(u);
         Own(z!);
-        var output = new Variable(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || magnitude.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || magnitude.RequiresGrad);
         if (output.RequiresGrad)
         {
             _backward.Add(() =>
@@ -79,7 +79,7 @@ public sealed partial class Tape
         Own(state.U);
         Own(state.Z);
         Own(state.XDropped);
-        var output = new Variable(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || magnitude.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad || magnitude.RequiresGrad);
         if (output.RequiresGrad)
         {
             _backward.Add(() =>

@@ -13,7 +13,7 @@ public sealed partial class Tape
     public Variable LoraFa(LoraFaLinear layer, Variable x)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         layer.ThrowIfDisposed();
         float scale = layer.Scale;
@@ -27,7 +27,7 @@ public sealed partial class Tape
         Own(u);
         long rows = x.Value.Shape[0];
         layer.RetainedActivationBytes = u.SizeInBytes;
-        var output = new Variable(y, x.RequiresGrad || b.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad || b.RequiresGrad);
         if (output.RequiresGrad)
         {
             bool needDx = x.RequiresGrad;

@@ -10,7 +10,7 @@ public sealed partial class Tape
     public Variable Qlora(QloraLinear layer, Variable x)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         float scale = layer.Scale;
         float dropoutP = layer.Training ? layer.Dropout : 0f;
@@ -21,7 +21,7 @@ public sealed partial class Tape
         var (y, u) = Ops.Nf4.QloraForward(x.Value, w, layer.Base.Bias, a.Value, b.Value, scale, dropoutP, seed);
         Own(y);
         Own(u);
-        var output = new Variable(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad);
         if (output.RequiresGrad)
         {
             _backward.Add(() =>

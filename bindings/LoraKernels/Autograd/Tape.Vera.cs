@@ -11,7 +11,7 @@ public sealed partial class Tape
     public Variable Vera(VeraLinear layer, Variable x)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         if (layer.Merged)
             throw new InvalidOperationException("The VeraLinear layer is merged (W0 holds W0 + ΔW); call Unmerge before training it.");
@@ -23,7 +23,7 @@ public sealed partial class Tape
         var (y, u) = Ops.Vera.Forward(x.Value, w0, layer.Bias, veraA, veraB, lambdaD.Value, lambdaB.Value, dropoutP, seed);
         Own(y);
         Own(u);
-        var output = new Variable(y, x.RequiresGrad || lambdaD.RequiresGrad || lambdaB.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad || lambdaD.RequiresGrad || lambdaB.RequiresGrad);
         if (output.RequiresGrad)
         {
             _backward.Add(() =>

@@ -14,6 +14,7 @@ public sealed partial class Tape : IDisposable
     private readonly List<Action> _backward = new();
     private readonly List<Tensor> _owned = new();
     private readonly List<Variable> _gradientHolders = new();
+    private long _recording;
     private bool _hasLoss;
     private bool _backwardDone;
     private bool _disposed;
@@ -23,7 +24,7 @@ public sealed partial class Tape : IDisposable
     public Variable Lora(LoraLinear layer, Variable x)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         if (layer.Merged)
             throw new InvalidOperationException("The LoraLinear layer is merged (W0 holds W0 + s·B·A); call Unmerge before training it.");
@@ -36,7 +37,7 @@ public sealed partial class Tape : IDisposable
         var (y, u) = Ops.Lora.Forward(x.Value, w0, layer.Bias, a.Value, b.Value, scale, dropoutP, seed);
         Own(y);
         Own(u);
-        var output = new Variable(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad);
         if (output.RequiresGrad)
         {
             _backward.Add(() =>
@@ -69,10 +70,10 @@ public sealed partial class Tape : IDisposable
     /// <summary>Records max(x, 0) (F32).</summary>
     public Variable Relu(Variable x)
     {
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         Tensor y = Own(Ops.Elementwise.Relu(x.Value));
-        var output = new Variable(y, x.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad);
         if (output.RequiresGrad)
         {
             _backward.Add(() =>
@@ -87,10 +88,10 @@ public sealed partial class Tape : IDisposable
     /// <summary>Records a dtype conversion (e.g. a BF16 layer's output to F32 for ReLU or the loss); its gradient is cast back.</summary>
     public Variable Cast(Variable x, DType dtype)
     {
-        ArgumentNullException.ThrowIfNull(x);
+        CheckInput(x);
         ThrowIfUnusable();
         Tensor y = Own(Ops.Elementwise.Cast(x.Value, dtype));
-        var output = new Variable(y, x.RequiresGrad);
+        var output = NewOutput(y, x.RequiresGrad);
         if (output.RequiresGrad)
         {
             DType inputDType = x.Value.DType;
@@ -106,7 +107,7 @@ public sealed partial class Tape : IDisposable
     /// <summary>Records the loss mean((pred - target)²) (F32) and returns its value; Backward starts from it.</summary>
     public float MseLoss(Variable pred, Tensor target)
     {
-        ArgumentNullException.ThrowIfNull(pred);
+        CheckInput(pred);
         ThrowIfUnusable();
         var (loss, grad) = Ops.Elementwise.MseLoss(pred.Value, target, wantGrad: pred.RequiresGrad);
         _hasLoss = true;
@@ -140,6 +141,7 @@ public sealed partial class Tape : IDisposable
         _backward.Clear();
         _hasLoss = false;
         _backwardDone = false;
+        _recording++;
     }
 
     public void Dispose()
@@ -154,6 +156,24 @@ public sealed partial class Tape : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_backwardDone) throw new InvalidOperationException("Backward has already run on this recording; call Reset before recording the next step.");
     }
+
+    /// <summary>
+    /// An op's input must be a caller-made variable or an output of this tape's current recording: an
+    /// output of another tape would never receive its gradient, since only that tape can run its backward.
+    /// </summary>
+    private void CheckInput(Variable x, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(x))] string name = "")
+    {
+        ArgumentNullException.ThrowIfNull(x, name);
+        if (x.Producer is null) return;
+        if (!ReferenceEquals(x.Producer, this))
+            throw new InvalidOperationException(
+                $"{name} ({x.Value.Describe()}) was recorded on another tape; its gradient could never reach that tape's ops. Record the whole step on one tape.");
+        if (x.Recording != _recording)
+            throw new InvalidOperationException($"{name} was recorded before this tape's last Reset; its tensor has been freed. Record it again.");
+    }
+
+    /// <summary>A variable for an op's output, owned by this recording.</summary>
+    private Variable NewOutput(Tensor y, bool requiresGrad) => new(y, requiresGrad) { Producer = this, Recording = _recording };
 
     private Tensor Own(Tensor tensor)
     {

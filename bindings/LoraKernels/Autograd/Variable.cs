@@ -16,6 +16,10 @@ public sealed class Variable
 
     public Tensor Value { get; }
 
+    /// <summary>The tape whose op produced this variable and that recording's number; null for an input the caller made.</summary>
+    internal Tape? Producer { get; init; }
+    internal long Recording { get; init; }
+
     /// <summary>d(loss)/d(Value) after Tape.Backward (Value's dtype), when RequiresGrad; owned by the tape and freed by its Reset.</summary>
     public Tensor? Grad { get; internal set; }
 

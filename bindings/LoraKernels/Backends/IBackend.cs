@@ -29,6 +29,9 @@ internal partial interface IBackend
     /// <summary>Returns mean((pred - target)²); writes 2(pred - target)/n to <paramref name="dpred"/> when given.</summary>
     float MseLoss(Tensor pred, Tensor target, Tensor? dpred);
 
+    /// <summary>The smallest flat index of a NaN or ±Inf element of <paramref name="tensor"/>, or -1 when every element is finite.</summary>
+    long FirstNonFinite(Tensor tensor);
+
     /// <summary>One torch.optim.AdamW step on F32 tensors; <paramref name="step"/> counts from 1.</summary>
     void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2,
                    float eps, float weightDecay, long step);

@@ -1,5 +1,6 @@
 // The base of every exception LoraKernels raises for a failure inside native code or the GPU
-// stack, so callers can catch "the library failed" apart from their own argument errors.
+// stack, or for outside data it cannot read (DataFormatException), so callers can catch these
+// apart from their own argument errors.
 namespace LoraKernels;
 
 public class LoraKernelsException : Exception

@@ -33,6 +33,7 @@ public abstract class DenseAdapterLinear : IAdapterLayer
                 throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
         }
         checkAdapterArguments(outFeatures, inFeatures);
+        Ops.Checks.FiniteBase(op, nameof(w0), w0, bias);
         if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
             throw new ArgumentException($"{op}: w0 is {w0.Describe()}; in and out must fit in 32 bits.", nameof(w0));
 

@@ -94,6 +94,7 @@ public sealed class DoraLinear : IAdapterLayer
         Ops.Checks.Alive(w0, Op, nameof(w0));
         (long outFeatures, long inFeatures) = Ops.Checks.Matrix(Op, nameof(w0), w0, "out, in");
         CheckBiasAndAdapter(bias, r, alpha, dropout, outFeatures, inFeatures, w0.Describe());
+        Ops.Checks.FiniteBase(Op, nameof(w0), w0, bias);
         Tensor dense = Nf4Linear.CopyTo(w0, device, dtype);
         try
         {
@@ -123,6 +124,7 @@ public sealed class DoraLinear : IAdapterLayer
                 throw new NotSupportedException($"{Op}: QDoRA needs an F32 compute dtype in this build (its norm reads A·deq(W)ᵀ in fp32), got {w0.Describe()}.");
             long outFeatures = w0.Shape[0], inFeatures = w0.Shape[1];
             CheckBiasAndAdapter(bias, r, alpha, dropout, outFeatures, inFeatures, w0.Describe());
+            Ops.Checks.FiniteBias(Op, bias);
             Tensor? biasCopy = bias is null ? null : Nf4Linear.CopyTo(bias, device, DType.F32);
             return new FrozenBase(null, w0, biasCopy, DType.F32, (int)outFeatures, (int)inFeatures);
         }
@@ -143,7 +145,7 @@ public sealed class DoraLinear : IAdapterLayer
             if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
                 throw new ArgumentException($"{Op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
         }
-        RankAdapter.CheckArguments(Op, r, alpha, dropout);
+        RankAdapter.CheckArguments(Op, r, alpha, dropout, outFeatures, inFeatures);
         if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
             throw new ArgumentException($"{Op}: w0 is {w0Description}; in and out must fit in 32 bits.", "w0");
     }

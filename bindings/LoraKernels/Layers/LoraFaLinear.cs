@@ -26,7 +26,8 @@ public sealed class LoraFaLinear : DenseAdapterLinear
     /// </summary>
     public LoraFaLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                         bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
-        : base("LoraFaLinear", device, w0, bias, dtype, (_, _) => RankAdapter.CheckArguments("LoraFaLinear", r, alpha, dropout))
+        : base("LoraFaLinear", device, w0, bias, dtype, (outFeatures, inFeatures) =>
+                   RankAdapter.CheckArguments("LoraFaLinear", r, alpha, dropout, outFeatures, inFeatures))
     {
         Rank = r;
         Alpha = alpha;

@@ -22,7 +22,8 @@ public sealed class LoraLinear : DenseAdapterLinear
     /// </summary>
     public LoraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                       bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
-        : base("LoraLinear", device, w0, bias, dtype, (_, _) => RankAdapter.CheckArguments("LoraLinear", r, alpha, dropout))
+        : base("LoraLinear", device, w0, bias, dtype, (outFeatures, inFeatures) =>
+                   RankAdapter.CheckArguments("LoraLinear", r, alpha, dropout, outFeatures, inFeatures))
     {
         Rank = r;
         Alpha = alpha;

@@ -99,6 +99,7 @@ public sealed class Nf4Linear : IDisposable
         Ops.Checks.Alive(bias, op, nameof(bias));
         if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
             throw new ArgumentException($"{op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
+        Ops.Checks.FiniteBias(op, bias);
     }
 
     /// <summary>A copy of <paramref name="source"/> on <paramref name="device"/> in <paramref name="dtype"/>.</summary>

@@ -35,7 +35,15 @@ public sealed class QloraLinear : IAdapterLayer
     {
         const string op = "QloraLinear";
         ArgumentNullException.ThrowIfNull(baseLayer);
-        RankAdapter.CheckArguments(op, r, alpha, dropout);
+        try
+        {
+            RankAdapter.CheckArguments(op, r, alpha, dropout, baseLayer.OutFeatures, baseLayer.InFeatures);
+        }
+        catch
+        {
+            baseLayer.Dispose();
+            throw;
+        }
         Base = baseLayer;
         Rank = r;
         Alpha = alpha;

@@ -21,6 +21,25 @@ internal static class RankAdapter
         Ops.Checks.DropoutProbability(op, nameof(dropout), dropout);
     }
 
+    /// <summary><see cref="CheckArguments(string, int, float, float)"/> and <see cref="CheckSize"/> for a layer of [out, in].</summary>
+    internal static void CheckArguments(string op, int r, float alpha, float dropout, long outFeatures, long inFeatures)
+    {
+        CheckArguments(op, r, alpha, dropout);
+        CheckSize(op, r, outFeatures, inFeatures);
+    }
+
+    /// <summary>
+    /// A [r, in] and B [out, r] must each fit the kernels' 32-bit indexing; a rank beyond that is an
+    /// ArgumentOutOfRangeException naming r and the sizes, before anything is allocated.
+    /// </summary>
+    internal static void CheckSize(string op, int r, long outFeatures, long inFeatures)
+    {
+        if ((long)r * inFeatures > Ops.Checks.MaxElements || (long)r * outFeatures > Ops.Checks.MaxElements)
+            throw new ArgumentOutOfRangeException(nameof(r), r,
+                $"{op}: rank r = {r} makes A [r, in] = [{r}, {inFeatures}] or B [out, r] = [{outFeatures}, {r}] exceed 2^31 - 1 elements, " +
+                "the kernels' 32-bit indexing (a useful rank is at most min(in, out)).");
+    }
+
     /// <summary>s = alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
     internal static float Scale(float alpha, int r, bool useRsLora) => useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
 

@@ -10,26 +10,46 @@ internal readonly record struct AdapterDims(long M, long In, long Out, long R, D
 /// </summary>
 internal static class AdapterChecks
 {
-    /// <summary>x [M, in], W0 [out, in], A [r, in] with r ≥ 1, B [out, r]; one dtype and device.</summary>
+    /// <summary>
+    /// W0 [out, in], then x [M, in], A [r, in] with r ≥ 1, B [out, r]; one dtype and device. The frozen
+    /// base defines the layer (in, out, dtype, device), so a mismatched activation is blamed on x,
+    /// unless x and A agree with each other against W0, which makes W0 the odd one out.
+    /// </summary>
     public static AdapterDims DenseAdapter(string op, string variant, Tensor x, Tensor w0, Tensor a, Tensor b)
     {
-        Checks.Alive(x, op, nameof(x));
-        (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
-        DType dtype = x.DType;
-        Device device = x.Device;
-
         Checks.Alive(w0, op, nameof(w0));
-        if (w0.Rank != 2 || w0.Shape[0] < 1 || w0.Shape[1] != inFeatures || w0.DType != dtype || !ReferenceEquals(w0.Device, device))
+        Checks.Alive(x, op, nameof(x));
+        Checks.Alive(a, op, nameof(a));
+        if (x.Rank == 2 && !FitsBase(x, w0) && a.Rank == 2 && a.Shape[1] == x.Shape[1] && a.DType == x.DType && ReferenceEquals(a.Device, x.Device))
             throw new ArgumentException(
-                $"{op}: w0 must be [out, in] = [{LeadingDimension(w0, "out")}, {inFeatures}] with dtype {dtype} on {device} and out >= 1, got {w0.Describe()}", nameof(w0));
-        Checks.Size(op, nameof(w0), w0);
-        long outFeatures = w0.Shape[0];
+                $"{op}: w0 must be [out, in] = [out, {x.Shape[1]}] with dtype {x.DType} on {x.Device} (as x and a have them), got {w0.Describe()}", nameof(w0));
+        (long outFeatures, long inFeatures) = Checks.Matrix(op, nameof(w0), w0, "out, in");
+        DType dtype = w0.DType;
+        Device device = w0.Device;
+        long m = Activations(op, x, inFeatures, dtype, device, "w0");
 
         long r = Rank(op, variant, a, inFeatures, dtype, device);
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], dtype, device);
         return new AdapterDims(m, inFeatures, outFeatures, r, dtype, device);
     }
+
+    /// <summary>
+    /// x must be [M, in] with M ≥ 1 and the dtype and device of the base (named <paramref name="baseName"/>
+    /// in the message, as what fixed them); returns M.
+    /// </summary>
+    public static long Activations(string op, Tensor x, long inFeatures, DType dtype, Device device, string baseName)
+    {
+        Checks.Alive(x, op, nameof(x));
+        if (x.Rank != 2 || x.Shape[0] < 1 || x.Shape[1] != inFeatures || x.DType != dtype || !ReferenceEquals(x.Device, device))
+            throw new ArgumentException(
+                $"{op}: x must be [M, in] = [M, {inFeatures}] with M >= 1, dtype {dtype} on {device} (as {baseName} sets them), got {x.Describe()}", nameof(x));
+        Checks.Size(op, nameof(x), x);
+        return x.Shape[0];
+    }
+
+    private static bool FitsBase(Tensor x, Tensor w0) =>
+        w0.Rank == 2 && x.Shape[1] == w0.Shape[1] && x.DType == w0.DType && ReferenceEquals(x.Device, w0.Device);
 
     /// <summary>A must be [r, in] with r ≥ 1; r = 0 is an ArgumentOutOfRangeException naming a.</summary>
     public static long Rank(string op, string variant, Tensor a, long inFeatures, DType dtype, Device device)

@@ -71,6 +71,36 @@ internal static class Checks
         if (!float.IsFinite(value)) throw new ArgumentOutOfRangeException(name, value, $"{op}: {name} must be finite.");
     }
 
+    /// <summary>
+    /// Throws ArgumentException naming <paramref name="name"/>, the first NaN or ±Inf (flat index and,
+    /// for a matrix, row and column) and its value, when the tensor holds one; <paramref name="why"/>
+    /// says why the op needs finite values. Scans on the tensor's device (one pass, then one element read).
+    /// </summary>
+    public static void AllFinite(string op, string name, Tensor tensor, string why)
+    {
+        long index = tensor.Device.Backend.FirstNonFinite(tensor);
+        if (index < 0) return;
+        string where = tensor.Rank == 2 ? $"element {index} (row {index / tensor.Shape[1]}, column {index % tensor.Shape[1]})" : $"element {index}";
+        throw new ArgumentException(
+            $"{op}: {name} must be finite, but {where} of {tensor.Describe()} is {tensor.ElementAt(index)}; {why}", name);
+    }
+
+    /// <summary>
+    /// The library's policy for frozen weights (docs/API.md, "Non-finite values"): a layer refuses a base
+    /// weight or bias holding NaN or ±Inf when it is built, since every output would be non-finite.
+    /// </summary>
+    public static void FiniteBase(string op, string weightName, Tensor weight, Tensor? bias)
+    {
+        AllFinite(op, weightName, weight, "a frozen base weight holding NaN or Inf makes every output of the layer non-finite.");
+        FiniteBias(op, bias);
+    }
+
+    /// <summary>The frozen-bias half of <see cref="FiniteBase"/>, for layers whose weight is checked elsewhere (quantized bases).</summary>
+    public static void FiniteBias(string op, Tensor? bias)
+    {
+        if (bias is not null) AllFinite(op, "bias", bias, "a frozen bias holding NaN or Inf makes that output non-finite.");
+    }
+
     public static void DropoutProbability(string op, string name, float p)
     {
         if (!(p >= 0f && p < 1f)) throw new ArgumentOutOfRangeException(name, p, $"{op}: {name} must be in [0, 1).");

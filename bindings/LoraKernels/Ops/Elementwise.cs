@@ -1,4 +1,5 @@
-// Element-wise ops the autograd tape needs (ReLU, axpy, MSE loss) plus dtype casts and fills.
+// Element-wise ops the autograd tape needs (ReLU, axpy, MSE loss) plus dtype casts, fills and the
+// non-finite scan behind the library's input checks.
 // ReLU, axpy and the loss are fp32 ops on every device, as their kernels are
 // (kernels/elementwise.cu: lk_ew_*_f32), so a BF16 tensor is rejected with a message saying to
 // cast it first (Tape.Cast does so inside a graph); Cast converts between F32 and BF16 and Fill
@@ -46,6 +47,14 @@ public static class Elementwise
         float loss = 0f;
         Tensor grad = Produce(pred, DType.F32, dpred => loss = pred.Device.Backend.MseLoss(pred, target, dpred));
         return (loss, grad);
+    }
+
+    /// <summary>The smallest flat index of a NaN or ±Inf element of <paramref name="x"/> (F32 or BF16), or -1 when all are finite.</summary>
+    public static long FirstNonFinite(Tensor x)
+    {
+        const string op = "Elementwise.FirstNonFinite";
+        Checks.Alive(x, op, nameof(x));
+        return x.Device.Backend.FirstNonFinite(x);
     }
 
     /// <summary>A copy of x in <paramref name="dtype"/> (round to nearest even into BF16; exact into F32).</summary>

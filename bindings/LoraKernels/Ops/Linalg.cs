@@ -19,6 +19,7 @@ public static class Linalg
         Checks.Alive(a, op, nameof(a));
         (long m, long n) = Checks.Matrix(op, nameof(a), a, "m, n");
         Checks.Fp32(op, nameof(a), a);
+        Checks.AllFinite(op, nameof(a), a, "an SVD of a matrix holding NaN or Inf has no meaning (LAPACK rejects NaN and spins on Inf).");
         long k = Math.Min(m, n);
         Device device = a.Device;
 

@@ -49,72 +49,244 @@ public static partial class Nf4
     /// The QuantizedWeight on <paramref name="device"/> that <paramref name="state"/> (as <see cref="ExportState"/>
     /// writes it, or read from a bitsandbytes checkpoint) describes. The stored quant_map must be the
     /// table this library quantizes with (NF4 or FP4), and a nested_quant_map the signed dynamic map.
+    /// Everything is validated before anything is allocated: the JSON, every key, every size against the
+    /// data present, and the statistics (finite, absmax ≥ 0).
     /// </summary>
+    /// <exception cref="DataFormatException">The state is malformed; the message names the key and the problem.</exception>
     public static QuantizedWeight ImportState(Device device, IEnumerable<StateTensor> state, string prefix = "weight")
     {
-        const string op = "Nf4.ImportState";
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(state);
         ArgumentException.ThrowIfNullOrEmpty(prefix);
-        Dictionary<string, StateTensor> byKey = state.ToDictionary(t => t.Key);
-        StateTensor json = byKey.Values.FirstOrDefault(t => t.Key.StartsWith($"{prefix}.quant_state.bitsandbytes__", StringComparison.Ordinal))
-            ?? throw new ArgumentException($"{op}: no {prefix}.quant_state.bitsandbytes__nf4 (or __fp4) entry.", nameof(state));
-        using JsonDocument document = JsonDocument.Parse(Bytes(json, op));
-        JsonElement root = document.RootElement;
-        QuantType type = root.GetProperty("quant_type").GetString() switch
-        {
-            "nf4" => QuantType.Nf4,
-            "fp4" => QuantType.Fp4,
-            var other => throw new ArgumentException($"{op}: quant_type \"{other}\" is neither nf4 nor fp4.", nameof(state)),
-        };
-        int blockSize = root.GetProperty("blocksize").GetInt32();
-        CheckBlockSize(op, blockSize);
-        DType dtype = root.GetProperty("dtype").GetString() switch
-        {
-            "float32" => DType.F32,
-            "bfloat16" => DType.BF16,
-            var other => throw new ArgumentException($"{op}: dtype \"{other}\" is not float32 or bfloat16.", nameof(state)),
-        };
-        long[] shape = root.GetProperty("shape").EnumerateArray().Select(d => d.GetInt64()).ToArray();
-        bool nested = root.TryGetProperty("nested_offset", out JsonElement offset);
-        if (nested && root.GetProperty("nested_blocksize").GetInt32() != QuantizedWeight.NestedBlockSize)
-            throw new ArgumentException($"{op}: nested_blocksize must be {QuantizedWeight.NestedBlockSize}.", nameof(state));
+        var reader = new StateReader(state, prefix);
+        ImportedState imported = reader.Read();
 
-        if (!Floats(Entry(byKey, $"{prefix}.quant_map", op), op).AsSpan().SequenceEqual(QuantTable(type)))
-            throw new ArgumentException($"{op}: {prefix}.quant_map is not this library's {QuantTypeName(type)} table.", nameof(state));
-        if (nested && !Floats(Entry(byKey, $"{prefix}.nested_quant_map", op), op).AsSpan().SequenceEqual(DynamicMapSigned()))
-            throw new ArgumentException($"{op}: {prefix}.nested_quant_map is not the signed dynamic map.", nameof(state));
-
-        var weight = new QuantizedWeight(device, type, blockSize, shape, dtype);
+        var weight = new QuantizedWeight(device, imported.Type, imported.BlockSize, imported.Shape, imported.DType);
         try
         {
-            weight.Upload("codes", Bytes(Entry(byKey, prefix, op), op));
-            byte[] absmax = Bytes(Entry(byKey, $"{prefix}.absmax", op), op);
-            if (nested)
+            weight.Upload("codes", imported.Codes);
+            if (imported.Nested)
             {
                 weight.AllocateNested();
                 weight.ReleasePlainAbsmax();
-                weight.Upload("qabsmax", absmax);
-                weight.Upload("absmax2", Bytes(Entry(byKey, $"{prefix}.nested_absmax", op), op));
-                weight.Offset = (float)offset.GetDouble();
+                weight.Upload("qabsmax", imported.Absmax);
+                weight.Upload("absmax2", imported.NestedAbsmax!);
+                weight.Offset = imported.Offset;
             }
             else
             {
-                weight.Upload("absmax", absmax);
+                weight.Upload("absmax", imported.Absmax);
             }
             return weight;
-        }
-        catch (ArgumentException e) when (e.ParamName != nameof(state))
-        {
-            // A buffer of the wrong size: report it against the state, as every other malformed entry.
-            weight.Dispose();
-            throw new ArgumentException($"{op}: {e.Message}", nameof(state), e);
         }
         catch
         {
             weight.Dispose();
             throw;
         }
+    }
+
+    /// <summary>A state checked in full: what <see cref="ImportState"/> uploads.</summary>
+    private sealed record ImportedState(QuantType Type, int BlockSize, DType DType, long[] Shape, bool Nested, float Offset,
+                                        byte[] Codes, byte[] Absmax, byte[]? NestedAbsmax);
+
+    /// <summary>Reads and checks a bitsandbytes 4-bit state; every failure is a DataFormatException naming the key.</summary>
+    private sealed class StateReader
+    {
+        private const string Source = "Nf4.ImportState (bitsandbytes 4-bit state)";
+        private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+        private readonly Dictionary<string, StateTensor> _byKey = new(StringComparer.Ordinal);
+        private readonly string _prefix;
+
+        public StateReader(IEnumerable<StateTensor> state, string prefix)
+        {
+            _prefix = prefix;
+            int position = 0;
+            foreach (StateTensor? entry in state)
+            {
+                if (entry is null) throw Bad($"entry {position}", "is null.");
+                if (entry.Key is null) throw Bad($"entry {position}", "has a null key.");
+                if (!_byKey.TryAdd(entry.Key, entry)) throw Bad(entry.Key, "appears more than once.");
+                position++;
+            }
+        }
+
+        public ImportedState Read()
+        {
+            string jsonPrefix = $"{_prefix}.quant_state.bitsandbytes__";
+            StateTensor[] jsonEntries = _byKey.Values.Where(t => t.Key.StartsWith(jsonPrefix, StringComparison.Ordinal)).ToArray();
+            if (jsonEntries.Length == 0) throw Bad($"{jsonPrefix}nf4", "is missing (or its __fp4 form).");
+            if (jsonEntries.Length > 1) throw Bad(jsonEntries[1].Key, $"is a second quant_state beside {jsonEntries[0].Key}.");
+            StateTensor jsonEntry = jsonEntries[0];
+            JsonElement root;
+            JsonDocument document;
+            string text;
+            try
+            {
+                // Strict UTF-8 first: JsonDocument accepts invalid bytes inside strings and fails only when they are read.
+                text = StrictUtf8.GetString(Bytes(jsonEntry));
+            }
+            catch (DecoderFallbackException e)
+            {
+                throw Bad(jsonEntry.Key, $"is not valid UTF-8 ({e.Message}).", e);
+            }
+            try
+            {
+                document = JsonDocument.Parse(text);
+            }
+            catch (JsonException e)
+            {
+                throw Bad(jsonEntry.Key, $"is not valid JSON ({e.Message}).", e);
+            }
+            using (document)
+            {
+                root = document.RootElement;
+                if (root.ValueKind != JsonValueKind.Object) throw Bad(jsonEntry.Key, $"must hold a JSON object, got {root.ValueKind}.");
+                return Read(jsonEntry.Key, root);
+            }
+        }
+
+        private ImportedState Read(string jsonKey, JsonElement root)
+        {
+            QuantType type = String(jsonKey, root, "quant_type") switch
+            {
+                "nf4" => QuantType.Nf4,
+                "fp4" => QuantType.Fp4,
+                var other => throw Bad($"{jsonKey}: quant_type", $"is \"{other}\", neither nf4 nor fp4."),
+            };
+            if (!jsonKey.EndsWith("__" + QuantTypeName(type), StringComparison.Ordinal))
+                throw Bad(jsonKey, $"names a different quant_type than its \"{QuantTypeName(type)}\".");
+            int blockSize = Int32(jsonKey, root, "blocksize");
+            if (blockSize < 32 || blockSize > 4096 || (blockSize & (blockSize - 1)) != 0)
+                throw Bad($"{jsonKey}: blocksize", $"is {blockSize}; bitsandbytes block sizes are powers of two in [32, 4096].");
+            DType dtype = String(jsonKey, root, "dtype") switch
+            {
+                "float32" => DType.F32,
+                "bfloat16" => DType.BF16,
+                var other => throw Bad($"{jsonKey}: dtype", $"is \"{other}\", not float32 or bfloat16."),
+            };
+            long[] shape = Shape(jsonKey, root);
+            long elements = 1;
+            foreach (long dimension in shape) elements *= dimension;  // each ≤ 2^31 - 1 and their product checked below
+            bool nested = root.TryGetProperty("nested_offset", out _);
+            float offset = 0f;
+            if (nested)
+            {
+                int nestedBlockSize = Int32(jsonKey, root, "nested_blocksize");
+                if (nestedBlockSize != QuantizedWeight.NestedBlockSize)
+                    throw Bad($"{jsonKey}: nested_blocksize", $"is {nestedBlockSize}; bitsandbytes nests {QuantizedWeight.NestedBlockSize} blocks.");
+                if (root.TryGetProperty("nested_dtype", out JsonElement nestedDType) &&
+                    !(nestedDType.ValueKind == JsonValueKind.String && nestedDType.GetString() == "float32"))
+                    throw Bad($"{jsonKey}: nested_dtype", $"must be \"float32\", got {nestedDType}.");
+                double offsetValue = Number(jsonKey, root, "nested_offset");
+                offset = (float)offsetValue;
+                if (!float.IsFinite(offset)) throw Bad($"{jsonKey}: nested_offset", $"is {offsetValue}; it must be a finite float32.");
+            }
+
+            long blocks = (elements + blockSize - 1) / blockSize;
+            long codeBytes = (elements + 1) / 2;
+            StateTensor quantMap = Entry($"{_prefix}.quant_map");
+            if (!Floats(quantMap, 16).AsSpan().SequenceEqual(QuantTable(type)))
+                throw Bad(quantMap.Key, $"is not this library's {QuantTypeName(type)} table.");
+            byte[] codes = Bytes(Entry(_prefix), codeBytes, "packed codes (2 per byte)");
+            StateTensor absmaxEntry = Entry($"{_prefix}.absmax");
+            if (!nested)
+            {
+                float[] absmax = Floats(absmaxEntry, blocks);
+                CheckStatistics(absmaxEntry.Key, absmax);
+                return new ImportedState(type, blockSize, dtype, shape, false, 0f, codes, MemoryMarshal.AsBytes(absmax.AsSpan()).ToArray(), null);
+            }
+            StateTensor nestedMap = Entry($"{_prefix}.nested_quant_map");
+            if (!Floats(nestedMap, 256).AsSpan().SequenceEqual(DynamicMapSigned()))
+                throw Bad(nestedMap.Key, "is not the signed dynamic map.");
+            byte[] qabsmax = Bytes(absmaxEntry, blocks, "quantized absmax (1 byte per block)");
+            StateTensor absmax2Entry = Entry($"{_prefix}.nested_absmax");
+            float[] absmax2 = Floats(absmax2Entry, (blocks + QuantizedWeight.NestedBlockSize - 1) / QuantizedWeight.NestedBlockSize);
+            CheckStatistics(absmax2Entry.Key, absmax2);
+            return new ImportedState(type, blockSize, dtype, shape, true, offset, codes, qabsmax, MemoryMarshal.AsBytes(absmax2.AsSpan()).ToArray());
+        }
+
+        private long[] Shape(string jsonKey, JsonElement root)
+        {
+            JsonElement shape = Property(jsonKey, root, "shape");
+            if (shape.ValueKind != JsonValueKind.Array) throw Bad($"{jsonKey}: shape", $"must be a list of integers, got {shape.ValueKind}.");
+            var dims = new List<long>();
+            long elements = 1;
+            foreach (JsonElement d in shape.EnumerateArray())
+            {
+                if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long dimension) || dimension < 1 || dimension > int.MaxValue)
+                    throw Bad($"{jsonKey}: shape", $"holds {d}; every dimension must be an integer in [1, 2^31 - 1].");
+                elements *= dimension;
+                if (elements > Checks.MaxElements)
+                    throw Bad($"{jsonKey}: shape", $"describes more than 2^31 - 1 elements; the kernels index with 32-bit integers.");
+                dims.Add(dimension);
+            }
+            if (dims.Count == 0) throw Bad($"{jsonKey}: shape", "is empty.");
+            return [.. dims];
+        }
+
+        private static void CheckStatistics(string key, float[] values)
+        {
+            for (int i = 0; i < values.Length; i++)
+                if (!float.IsFinite(values[i]) || values[i] < 0f)
+                    throw Bad(key, $"[{i}] is {values[i]}; block absmax values must be finite and >= 0.");
+        }
+
+        private StateTensor Entry(string key) => _byKey.TryGetValue(key, out StateTensor? tensor) ? tensor : throw Bad(key, "is missing.");
+
+        private static JsonElement Property(string jsonKey, JsonElement root, string name)
+        {
+            if (!root.TryGetProperty(name, out JsonElement value)) throw Bad($"{jsonKey}: {name}", "is missing.");
+            if (value.ValueKind == JsonValueKind.Null) throw Bad($"{jsonKey}: {name}", "is null.");
+            return value;
+        }
+
+        private static string String(string jsonKey, JsonElement root, string name)
+        {
+            JsonElement value = Property(jsonKey, root, name);
+            return value.ValueKind == JsonValueKind.String ? value.GetString()! : throw Bad($"{jsonKey}: {name}", $"must be a string, got {value.ValueKind}.");
+        }
+
+        private static int Int32(string jsonKey, JsonElement root, string name)
+        {
+            JsonElement value = Property(jsonKey, root, name);
+            return value.ValueKind == JsonValueKind.Number && value.TryGetInt32(out int result)
+                ? result
+                : throw Bad($"{jsonKey}: {name}", $"must be a 32-bit integer, got {value}.");
+        }
+
+        private static double Number(string jsonKey, JsonElement root, string name)
+        {
+            JsonElement value = Property(jsonKey, root, name);
+            return value.ValueKind == JsonValueKind.Number && value.TryGetDouble(out double result)
+                ? result
+                : throw Bad($"{jsonKey}: {name}", $"must be a number, got {value}.");
+        }
+
+        /// <summary>The raw bytes of an entry (U8 data as is, F32 data as its little-endian bytes).</summary>
+        private static byte[] Bytes(StateTensor tensor) => tensor.Data switch
+        {
+            byte[] bytes => bytes,
+            float[] floats => MemoryMarshal.AsBytes(floats.AsSpan()).ToArray(),
+            null => throw Bad(tensor.Key, "has no data (null)."),
+            _ => throw Bad(tensor.Key, $"must hold byte[] or float[], got {tensor.Data.GetType().Name}."),
+        };
+
+        private static byte[] Bytes(StateTensor tensor, long count, string what)
+        {
+            if (tensor.Data is not byte[] bytes) throw Bad(tensor.Key, $"must hold byte[] (U8 {what}), got {tensor.Data?.GetType().Name ?? "null"}.");
+            if (bytes.LongLength != count) throw Bad(tensor.Key, $"holds {bytes.LongLength} bytes; the shape needs {count} ({what}).");
+            return bytes;
+        }
+
+        private static float[] Floats(StateTensor tensor, long count)
+        {
+            if (tensor.Data is not float[] floats) throw Bad(tensor.Key, $"must hold float[] (F32), got {tensor.Data?.GetType().Name ?? "null"}.");
+            if (floats.LongLength != count) throw Bad(tensor.Key, $"holds {floats.LongLength} floats; {count} are needed.");
+            return floats;
+        }
+
+        private static DataFormatException Bad(string key, string problem, Exception? inner = null) => new(Source, key, problem, inner);
     }
 
     /// <summary>json.dumps(dict) with Python's default separators (", " and ": ") and float repr.</summary>
@@ -167,17 +339,4 @@ public static partial class Nf4
         fixed (float* pointer = table) Check.Cpu(NativeCpu.lk_cpu_dynamic_map_signed(pointer));
         return table;
     }
-
-    private static StateTensor Entry(Dictionary<string, StateTensor> byKey, string key, string op) =>
-        byKey.TryGetValue(key, out StateTensor? tensor) ? tensor : throw new ArgumentException($"{op}: no {key} entry.", "state");
-
-    private static byte[] Bytes(StateTensor tensor, string op) => tensor.Data switch
-    {
-        byte[] bytes => bytes,
-        float[] floats => MemoryMarshal.AsBytes(floats.AsSpan()).ToArray(),
-        _ => throw new ArgumentException($"{op}: {tensor.Key} must hold byte[] or float[], got {tensor.Data?.GetType().Name ?? "null"}.", "state"),
-    };
-
-    private static float[] Floats(StateTensor tensor, string op) => tensor.Data as float[]
-        ?? throw new ArgumentException($"{op}: {tensor.Key} must hold float[] (F32), got {tensor.Data?.GetType().Name ?? "null"}.", "state");
 }

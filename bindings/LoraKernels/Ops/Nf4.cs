@@ -27,7 +27,7 @@ public static partial class Nf4
         Checks.NotEmpty(op, nameof(weight), weight);
         CheckQuantType(op, type);
         CheckBlockSize(op, blockSize);
-        CheckFinite(op, weight);
+        Checks.AllFinite(op, nameof(weight), weight, "4-bit blocks scale by their absmax, so one NaN or Inf poisons its block.");
 
         var quantized = new QuantizedWeight(weight.Device, type, blockSize, [.. weight.Shape], weight.DType);
         try
@@ -170,43 +170,35 @@ public static partial class Nf4
             throw new ArgumentOutOfRangeException(nameof(type), type, $"{op}: type must be QuantType.Nf4 or QuantType.Fp4.");
     }
 
-    /// <summary>Reads the weight on the host (every device) and names the first NaN or ±Inf, before anything is quantized.</summary>
-    private static void CheckFinite(string op, Tensor weight)
-    {
-        float[] values = weight.ToArray();
-        for (int i = 0; i < values.Length; i++)
-        {
-            if (!float.IsFinite(values[i]))
-                throw new ArgumentException(
-                    $"{op}: weight must be finite, but element {i} (of {weight.Describe()}) is {values[i]}; 4-bit blocks scale by their absmax, so one NaN or Inf poisons its block.",
-                    nameof(weight));
-        }
-    }
-
     private static void Alive(QuantizedWeight? w, string op, string name)
     {
         if (w is null) throw new ArgumentNullException(name, $"{op}: {name} is null.");
         w.ThrowIfDisposed(name);
     }
 
-    /// <summary>x [M, in] F32 or BF16; W a quantized [out, in] matrix on x's device.</summary>
+    /// <summary>W a quantized [out, in] matrix, then x [M, in] (F32 or BF16) on W's device.</summary>
     private static AdapterDims CheckBase(string op, Tensor x, QuantizedWeight w)
     {
-        Checks.Alive(x, op, nameof(x));
-        (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
         Alive(w, op, nameof(w));
-        if (w.Shape.Count != 2 || w.Shape[0] < 1 || w.Shape[1] != inFeatures || !ReferenceEquals(w.Device, x.Device))
-            throw new ArgumentException(
-                $"{op}: w must be a quantized matrix [out, in] = [{(w.Shape.Count == 2 ? w.Shape[0] : "out")}, {inFeatures}] on {x.Device} with out >= 1, got {w.Describe()}",
-                nameof(w));
+        if (w.Shape.Count != 2 || w.Shape[0] < 1 || w.Shape[1] < 1)
+            throw new ArgumentException($"{op}: w must be a quantized matrix [out, in] with out, in >= 1, got {w.Describe()}", nameof(w));
         if (w.ElementCount > Checks.MaxElements)
             throw new ArgumentException($"{op}: w has {w.ElementCount} elements; kernels index with 32-bit integers, got {w.Describe()}", nameof(w));
+        long inFeatures = w.Shape[1];
+        Checks.Alive(x, op, nameof(x));
+        DType dtype = x.DType == DType.BF16 ? DType.BF16 : DType.F32;
+        long m = AdapterChecks.Activations(op, x, inFeatures, dtype, w.Device, "w");
         return new AdapterDims(m, inFeatures, w.Shape[0], 0, x.DType, x.Device);
     }
 
+    /// <summary>W and x as <see cref="CheckBase"/>, then A [r, in] and B [out, r] in x's dtype; when A and B agree on a dtype that x lacks, x is blamed.</summary>
     private static AdapterDims CheckAdapter(string op, Tensor x, QuantizedWeight w, Tensor a, Tensor b)
     {
         AdapterDims d = CheckBase(op, x, w);
+        Checks.Alive(a, op, nameof(a));
+        Checks.Alive(b, op, nameof(b));
+        if (a.DType == b.DType && a.DType != x.DType)
+            throw new ArgumentException($"{op}: x must have the adapter's dtype {a.DType} (a and b have it), got {x.Describe()}", nameof(x));
         long r = AdapterChecks.Rank(op, "LoRA", a, d.In, d.DType, d.Device);
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [d.Out, r], d.DType, d.Device);

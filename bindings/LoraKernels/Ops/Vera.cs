@@ -16,11 +16,9 @@ public static class Vera
                                                Tensor lambdaD, Tensor lambdaB, float dropoutP = 0f, ulong seed = 0)
     {
         const string op = "Vera.Forward";
-        Checks.Alive(x, op, nameof(x));
-        (long m, long inFeatures) = Checks.Matrix(op, nameof(x), x, "M, in");
         Checks.Alive(w0, op, nameof(w0));
-        Checks.Matrix(op, nameof(w0), w0, "out, in");
-        Checks.Shape(op, nameof(w0), w0, "out, in", [w0.Shape[0], inFeatures], x.DType, x.Device);
+        (_, long inFeatures) = Checks.Matrix(op, nameof(w0), w0, "out, in");
+        long m = AdapterChecks.Activations(op, x, inFeatures, w0.DType, w0.Device, "w0");
         AdapterDims d = CheckAdapter(op, m, w0, veraA, veraB, lambdaD, lambdaB);
         if (bias is not null)
         {

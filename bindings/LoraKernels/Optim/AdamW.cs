@@ -5,9 +5,25 @@
 // its first step) and rounded back into the parameter after every step, so small updates
 // accumulate instead of vanishing in bf16 rounding. Parameters come in groups (torch's param_groups),
 // each with its own learning rate and weight decay; the plain constructor makes one group.
+// Non-finite gradients (a NaN in the input, an overflow) are looked for before any parameter moves:
+// by default the whole step is skipped and counted (as a mixed-precision GradScaler does), so one bad
+// batch cannot turn every parameter into NaN (docs/API.md, "Non-finite values").
 using LoraKernels.Autograd;
 
 namespace LoraKernels.Optim;
+
+/// <summary>What an optimizer step does when a gradient holds NaN or ±Inf.</summary>
+public enum NonFiniteGradients
+{
+    /// <summary>Skip the whole step (no parameter or state changes), count it in SkippedSteps and return false from Step.</summary>
+    SkipStep,
+
+    /// <summary>Throw an exception naming the parameter and the first bad element; nothing changes.</summary>
+    Throw,
+
+    /// <summary>Apply the update unchecked (saves one read of every gradient; NaN then spreads into the parameters).</summary>
+    Apply,
+}
 
 public sealed class AdamW : IDisposable
 {
@@ -76,19 +92,35 @@ public sealed class AdamW : IDisposable
     /// <summary>The parameter groups, in the order given.</summary>
     public IReadOnlyList<ParameterGroup> Groups => _groups;
 
-    /// <summary>Calls of <see cref="Step"/> so far.</summary>
+    /// <summary>Steps applied so far (skipped steps are not counted).</summary>
     public long StepCount { get; private set; }
+
+    /// <summary>What <see cref="Step"/> does when a gradient holds NaN or ±Inf (default: skip the step).</summary>
+    public NonFiniteGradients OnNonFiniteGradients { get; set; } = NonFiniteGradients.SkipStep;
+
+    /// <summary>Steps skipped because a gradient held NaN or ±Inf.</summary>
+    public long SkippedSteps { get; private set; }
 
     public IReadOnlyList<Parameter> Parameters => _parameters;
 
-    /// <summary>One AdamW update of every parameter that requires a gradient and has one.</summary>
-    public void Step()
+    /// <summary>
+    /// One AdamW update of every parameter that requires a gradient and has one. Returns false when the
+    /// step was skipped because a gradient held NaN or ±Inf (<see cref="OnNonFiniteGradients"/>).
+    /// </summary>
+    /// <exception cref="NonFiniteGradientException">A gradient holds NaN or ±Inf and the policy is <see cref="NonFiniteGradients.Throw"/>.</exception>
+    public bool Step()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         foreach (Parameter parameter in _parameters)
         {
             if (!parameter.RequiresGrad || parameter.Grad is null) continue;
             CheckGradient(parameter);
+        }
+        if (OnNonFiniteGradients != NonFiniteGradients.Apply && FirstNonFiniteGradient() is var (bad, index))
+        {
+            if (OnNonFiniteGradients == NonFiniteGradients.Throw) throw new NonFiniteGradientException(bad.Name, index, bad.Grad!.Describe());
+            SkippedSteps++;
+            return false;
         }
         StepCount++;
         foreach (ParameterGroup group in _groups)
@@ -104,6 +136,19 @@ public sealed class AdamW : IDisposable
                 if (state.Master is not null) parameter.Value.Device.Backend.Cast(state.Master, parameter.Value);
             }
         }
+        return true;
+    }
+
+    /// <summary>The first parameter whose gradient holds NaN or ±Inf and that element's index, or null.</summary>
+    private (Parameter Parameter, long Index)? FirstNonFiniteGradient()
+    {
+        foreach (Parameter parameter in _parameters)
+        {
+            if (!parameter.RequiresGrad || parameter.Grad is null) continue;
+            long index = parameter.Grad.Device.Backend.FirstNonFinite(parameter.Grad);
+            if (index >= 0) return (parameter, index);
+        }
+        return null;
     }
 
     private ParameterGroup SingleGroup() =>

@@ -21,12 +21,28 @@ public sealed class CpuDevice : Device
 
     public override string ToString() => "cpu";
 
-    /// <summary>OpenMP threads the CPU kernels use (lk_cpu_get_num_threads).</summary>
+    /// <summary>The largest thread count <see cref="Threads"/> accepts (LK_CPU_MAX_THREADS).</summary>
+    public const int MaxThreads = 1024;
+
+    /// <summary>
+    /// OpenMP threads the CPU kernels use (default: one per core). Process-wide: it applies to every
+    /// later call from any thread. Set it between calls, not while another thread runs a CPU op.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The value is below 1 or above <see cref="MaxThreads"/> (use <see cref="ResetThreads"/> for the default).</exception>
     public int Threads
     {
         get => NativeCpu.lk_cpu_get_num_threads();
-        set => Check.Cpu(NativeCpu.lk_cpu_set_num_threads(value));
+        set
+        {
+            if (value < 1 || value > MaxThreads)
+                throw new ArgumentOutOfRangeException(nameof(value), value,
+                    $"CpuDevice.Threads must be in [1, {MaxThreads}]; call ResetThreads() to return to the default (one per core).");
+            Check.Cpu(NativeCpu.lk_cpu_set_num_threads(value));
+        }
     }
+
+    /// <summary>Returns <see cref="Threads"/> to its default, one per core.</summary>
+    public void ResetThreads() => Check.Cpu(NativeCpu.lk_cpu_set_num_threads(0));
 
     public override void Synchronize() { }
 

@@ -131,7 +131,9 @@ internal sealed class CudaMemoryHandle : CudaContextBoundHandle
         var memory = new CudaMemoryHandle(context, counter, bytes);
         ulong pointer;
         // cuMemAlloc rejects 0 bytes; an empty tensor still gets a distinct, valid address.
-        Check.Cuda(CudaDriver.cuMemAlloc(&pointer, (nuint)Math.Max(bytes, 1)));
+        int result = CudaDriver.cuMemAlloc(&pointer, (nuint)Math.Max(bytes, 1));
+        if (result != CudaDriver.Success)
+            throw Check.CudaError($"cuMemAlloc of {bytes} bytes ({bytes / (1024.0 * 1024.0):F1} MiB)", result);
         // Counted before Adopt: if Adopt has to free the memory again, Destroy uncounts it.
         counter.Add(bytes);
         memory.Adopt((IntPtr)pointer);

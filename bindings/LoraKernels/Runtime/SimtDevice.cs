@@ -21,8 +21,21 @@ public sealed class SimtDevice : Device
 
     public override void Synchronize() => KernelDevice.Synchronize();
 
+    /// <summary>The largest worker count <see cref="SetWorkerThreads"/> accepts.</summary>
+    public const int MaxWorkerThreads = 4096;
+
     /// <summary>Worker threads that run blocks in parallel (lk_simt_set_num_threads; default one per core, 1 = sequential).</summary>
-    public void SetWorkerThreads(int threads) => Check.Simt(NativeSimt.lk_simt_set_num_threads(threads));
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="threads"/> is below 1 or above <see cref="MaxWorkerThreads"/> (use <see cref="ResetWorkerThreads"/> for the default).</exception>
+    public void SetWorkerThreads(int threads)
+    {
+        if (threads < 1 || threads > MaxWorkerThreads)
+            throw new ArgumentOutOfRangeException(nameof(threads), threads,
+                $"SimtDevice.SetWorkerThreads needs a count in [1, {MaxWorkerThreads}]; call ResetWorkerThreads() for the default (one per core).");
+        Check.Simt(NativeSimt.lk_simt_set_num_threads(threads));
+    }
+
+    /// <summary>Returns the worker count to its default, one per core.</summary>
+    public void ResetWorkerThreads() => Check.Simt(NativeSimt.lk_simt_set_num_threads(0));
 
     internal SimtKernelDevice KernelDevice { get; }
 

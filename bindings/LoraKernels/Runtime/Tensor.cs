@@ -99,6 +99,18 @@ public sealed class Tensor : IDisposable
         return values;
     }
 
+    /// <summary>Element <paramref name="index"/> of the row-major flattening, as a float (one small download).</summary>
+    internal float ElementAt(long index)
+    {
+        ThrowIfDisposed("tensor");
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, ElementCount);
+        int size = DTypeInfo.SizeOf(DType);
+        Span<byte> bytes = stackalloc byte[4];
+        Device.Download(Buffer, index * size, bytes[..size]);
+        return DType == DType.F32 ? BitConverter.ToSingle(bytes) : BFloat16.ToSingle(BitConverter.ToUInt16(bytes));
+    }
+
     /// <summary>Overwrites the tensor with <paramref name="values"/> (exactly ElementCount of them), converted to its dtype.</summary>
     public void CopyFrom(ReadOnlySpan<float> values)
     {

@@ -32,6 +32,7 @@ public static class LoftQ
         Ops.Nf4.CheckBlockSize(op, blockSize);
         if (!float.IsFinite(scale) || !(scale > 0f))
             throw new ArgumentOutOfRangeException(nameof(scale), scale, $"{op}: scale must be finite and > 0.");
+        Ops.Checks.AllFinite(op, nameof(w), w, "LoftQ quantizes W and factors the quantization error by an SVD; both need finite values.");
         float singularDivisor = compensateScaling ? scale : 1f;
         float residualScale = compensateScaling ? scale : 1f;
 

@@ -45,6 +45,7 @@ public static class Pissa
         if (!float.IsFinite(scale) || !(scale > 0f))
             throw new ArgumentOutOfRangeException(nameof(scale), scale, $"{op}: the scale s must be finite and > 0 (√(S/s) must be real).");
         if (niter is < 0) throw new ArgumentOutOfRangeException(nameof(niter), niter, $"{op}: the number of subspace iterations must be >= 0.");
+        Ops.Checks.AllFinite(op, nameof(w0), w0, "PiSSA factors W0 by its SVD, which needs finite values.");
 
         Tensor w = w0.DType == DType.F32 ? w0 : Ops.Elementwise.Cast(w0, DType.F32);
         try

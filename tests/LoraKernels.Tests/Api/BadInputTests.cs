@@ -70,6 +70,7 @@ public sealed class BadInputTests(DeviceKind kind)
         using var xVector = Make(DType.F32, In);
         RejectsArgument("a", () => Lora.Forward(_x, _w0, _bias, aWrongIn, _b, 2f));
         RejectsArgument("b", () => Lora.Forward(_x, _w0, _bias, _a, bWrongRank, 2f));
+        // x and a agree on in, so w0 is the odd one out.
         RejectsArgument("w0", () => Lora.Forward(_x, w0WrongIn, _bias, _a, _b, 2f));
         RejectsArgument("bias", () => Lora.Forward(_x, _w0, biasWrongOut, _a, _b, 2f));
         RejectsArgument("x", () => Lora.Forward(xVector, _w0, _bias, _a, _b, 2f));
@@ -175,6 +176,40 @@ public sealed class BadInputTests(DeviceKind kind)
         RejectsArgument("x", () => Elementwise.ReluBackward(xBf16, dyBf16));
         RejectsArgument("x", () => Elementwise.Axpy(1f, xBf16, dyBf16));
         RejectsArgument("pred", () => Elementwise.MseLoss(xBf16, dyBf16));
+    }
+
+    /// <summary>An activation of the wrong width, dtype or device is x's fault (the frozen base fixes them), for every adapter family.</summary>
+    [Test]
+    public void WrongActivationsAreBlamedOnX()
+    {
+        using var xWide = Make(DType.F32, M, In + 1);
+        using var xBf16 = Make(DType.BF16, M, In);
+        using var xElsewhere = _x.To(OtherDevice);
+        using var magnitude = Tensor.FromArray(_device, Enumerable.Repeat(1f, Out).ToArray(), Out);
+        using var norm = Tensor.FromArray(_device, Enumerable.Repeat(2f, Out).ToArray(), Out);
+        using QuantizedWeight quantized = LoraKernels.Ops.Nf4.Quantize(_w0, QuantType.Nf4, 32);
+        using var lambdaD = Tensor.FromArray(_device, Enumerable.Repeat(0.1f, R).ToArray(), R);
+        using var lambdaB = Tensor.FromArray(_device, Enumerable.Repeat(0.5f, Out).ToArray(), Out);
+        foreach (Tensor x in new[] { xWide, xBf16, xElsewhere })
+        {
+            var calls = new (string Family, TestDelegate Call)[]
+            {
+                ("LoRA forward", () => Lora.Forward(x, _w0, _bias, _a, _b, 2f)),
+                ("LoRA backward", () => Lora.Backward(x, _w0, _a, _b, _u, _dy, 2f)),
+                ("DoRA", () => LoraKernels.Ops.Dora.Forward(x, _w0, _bias, _a, _b, magnitude, norm, 2f)),
+                ("QLoRA", () => LoraKernels.Ops.Nf4.QloraForward(x, quantized, _bias, _a, _b, 2f)),
+                // A plain 4-bit product takes F32 or BF16 activations: only width and device can be wrong.
+                ("NF4 matmul", () => LoraKernels.Ops.Nf4.Matmul(x, quantized, null)),
+                ("VeRA", () => Vera.Forward(x, _w0, _bias, _a, _b, lambdaD, lambdaB)),
+            };
+            foreach (var (family, call) in calls)
+            {
+                if (family == "NF4 matmul" && ReferenceEquals(x, xBf16)) continue;
+                var e = Rejects<ArgumentException>(call);
+                Assert.That(e.ParamName, Is.EqualTo("x"), $"{family} with x = {x.Describe()}: {e.Message}");
+                Assert.That(e.Message, Does.Contain(x.Describe()), $"{family}: the message shows the x it got");
+            }
+        }
     }
 
     [Test]

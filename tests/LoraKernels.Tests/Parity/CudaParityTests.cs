@@ -26,6 +26,7 @@ public sealed class CudaParityTests
     public static IEnumerable<TestCaseData> CastCases() => Devices.CudaCases("Cast", 1, ElementwiseParityTests.Cast());
     public static IEnumerable<TestCaseData> FillCases() => Devices.CudaCases("Fill", 1, ElementwiseParityTests.Fill());
     public static IEnumerable<TestCaseData> AdamWCases() => Devices.CudaCases("AdamW", 1, ElementwiseParityTests.AdamW());
+    public static IEnumerable<TestCaseData> FirstNonFiniteCases() => Devices.CudaCases("FirstNonFinite", 1, ElementwiseParityTests.FirstNonFinite());
 
     [TestCaseSource(nameof(ForwardCases))]
     public void Forward(LoraCase c) => LoraParity.Forward(c, Device.Cpu, Cuda);
@@ -50,6 +51,9 @@ public sealed class CudaParityTests
 
     [TestCaseSource(nameof(MseLossCases))]
     public void MseLoss(ElementwiseCase c) => ElementwiseParity.MseLoss(c, Device.Cpu, Cuda);
+
+    [TestCaseSource(nameof(FirstNonFiniteCases))]
+    public void FirstNonFinite(ElementwiseCase c) => ElementwiseParity.FirstNonFinite(c, Device.Cpu, Cuda);
 
     [TestCaseSource(nameof(CastCases))]
     public void Cast(ElementwiseCase c) => ElementwiseParity.Cast(c, Device.Cpu, Cuda);

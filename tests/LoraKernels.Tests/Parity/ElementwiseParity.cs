@@ -40,6 +40,27 @@ internal static class ElementwiseParity
         }
     }
 
+    /// <summary>The first NaN/±Inf index (exact): none, the first, a middle and the last element, with a later NaN that must not win.</summary>
+    public static void FirstNonFinite(ElementwiseCase c, params Device[] devices)
+    {
+        float[] x = new TestData(TestData.SeedFor(c.Describe("FirstNonFinite"))).NonZero(c.Count, 1f, c.DType);
+        foreach (int at in new[] { -1, 0, c.Count / 2, c.Count - 1 }.Distinct())
+        {
+            foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+            {
+                float[] y = (float[])x.Clone();
+                if (at >= 0) y[at] = bad;
+                if (at >= 0 && at + 2 < c.Count) y[at + 2] = float.NaN;
+                foreach (Device device in devices)
+                {
+                    using var t = Tensor.FromArray(device, y, c.DType, c.Shape);
+                    Assert.That(Elementwise.FirstNonFinite(t), Is.EqualTo((long)at), $"{device.Kind}: {bad} at {at}");
+                }
+                if (at < 0) break;
+            }
+        }
+    }
+
     /// <summary>dx = dy where x > 0, else 0: exact.</summary>
     public static void ReluBackward(ElementwiseCase c, params Device[] devices)
     {

@@ -12,6 +12,7 @@ public sealed class ElementwiseParityTests
     public static IEnumerable<TestCaseData> Cast() => ElementwiseParity.Cases("Cast", bf16: false);
     public static IEnumerable<TestCaseData> Fill() => ElementwiseParity.Cases("Fill");
     public static IEnumerable<TestCaseData> AdamW() => ElementwiseParity.Cases("AdamW");
+    public static IEnumerable<TestCaseData> FirstNonFinite() => ElementwiseParity.Cases("FirstNonFinite");
 
     [TestCaseSource(nameof(Relu))]
     public void ReluMatches(ElementwiseCase c) => ElementwiseParity.Relu(c, Device.Cpu, Device.Simt);
@@ -30,6 +31,9 @@ public sealed class ElementwiseParityTests
 
     [TestCaseSource(nameof(Fill))]
     public void FillMatches(ElementwiseCase c) => ElementwiseParity.Fill(c, Device.Cpu, Device.Simt);
+
+    [TestCaseSource(nameof(FirstNonFinite))]
+    public void FirstNonFiniteMatches(ElementwiseCase c) => ElementwiseParity.FirstNonFinite(c, Device.Cpu, Device.Simt);
 
     [TestCaseSource(nameof(AdamW))]
     public void AdamWMatches(ElementwiseCase c) => OptimizerParity.AdamW(c, Device.Cpu, Device.Simt);

@@ -236,6 +236,9 @@ TEST(Library, ThreadCountCanBeSetAndRestored) {
     EXPECT_EQ(lk_cpu_get_num_threads(), 3);
     EXPECT_EQ(lk_cpu_set_num_threads(-1), LK_OK);
     EXPECT_EQ(lk_cpu_get_num_threads(), initial);
+    EXPECT_EQ(lk_cpu_set_num_threads(LK_CPU_MAX_THREADS + 1), LK_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("at most 1024"), std::string::npos) << last_error();
+    EXPECT_EQ(lk_cpu_get_num_threads(), initial);
 }
 
 // An allocation that cannot succeed becomes LK_ERR_OUT_OF_MEMORY, not an exception: the

@@ -104,10 +104,59 @@ TEST(MseLoss, MatchesReference) {
     }
 }
 
+TEST(MseLoss, IsBitIdenticalForEveryThreadCount) {
+    const int64_t n = 200003;
+    Rng rng(31);
+    const std::vector<float> pred = rng.vector(n), target = rng.vector(n);
+    const int threads = lk_cpu_get_num_threads();
+    float one = kNaN, two = kNaN;
+    ASSERT_EQ(lk_cpu_set_num_threads(1), LK_OK);
+    ASSERT_EQ(lk_cpu_mse_loss(n, pred.data(), target.data(), &one, nullptr), LK_OK);
+    ASSERT_EQ(lk_cpu_set_num_threads(2), LK_OK);
+    ASSERT_EQ(lk_cpu_mse_loss(n, pred.data(), target.data(), &two, nullptr), LK_OK);
+    ASSERT_EQ(lk_cpu_set_num_threads(threads), LK_OK);
+    EXPECT_FALSE(std::isnan(one));
+    EXPECT_EQ(std::memcmp(&one, &two, sizeof one), 0) << one << " vs " << two;
+}
+
 TEST(MseLoss, EmptyInputGivesNaNAsTorchDoes) {
     float loss = 0.0f;
     ASSERT_EQ(lk_cpu_mse_loss(0, nullptr, nullptr, &loss, nullptr), LK_OK);
     EXPECT_TRUE(std::isnan(loss));
+}
+
+// ---- The first non-finite element (exact: an index) ---------------------------------------------
+
+TEST(FirstNonFinite, FindsTheSmallestIndexOfNaNOrInfAnywhere) {
+    for (int64_t n : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{1031}, int64_t{200003}}) {
+        SCOPED_TRACE("n=" + std::to_string(n));
+        Rng rng(40 + n);
+        std::vector<float> x = rng.vector(n);
+        int64_t index = 123;
+        ASSERT_EQ(lk_cpu_first_nonfinite(n, x.data(), &index), LK_OK);
+        EXPECT_EQ(index, -1);
+        // Positions at chunk edges, the last element, and (for the largest n) the second thread's share.
+        for (int64_t at : {int64_t{0}, n / 2, n - 1, int64_t{1023}, int64_t{1024}, int64_t{150001}}) {
+            if (at < 0 || at >= n) continue;
+            for (float bad : {kNaN, kInf, -kInf}) {
+                std::vector<float> y = x;
+                y[(size_t)at] = bad;
+                if (at + 5 < n) y[(size_t)(at + 5)] = kNaN;  // a later one must not win
+                ASSERT_EQ(lk_cpu_first_nonfinite(n, y.data(), &index), LK_OK);
+                EXPECT_EQ(index, at) << "bad value " << bad;
+            }
+        }
+    }
+}
+
+TEST(FirstNonFinite, LargestFiniteValuesAndSubnormalsAreFinite) {
+    const std::vector<float> x = {std::numeric_limits<float>::max(), -std::numeric_limits<float>::max(),
+                                  std::numeric_limits<float>::denorm_min(), -0.0f};
+    int64_t index = 0;
+    ASSERT_EQ(lk_cpu_first_nonfinite((int64_t)x.size(), x.data(), &index), LK_OK);
+    EXPECT_EQ(index, -1);
+    EXPECT_EQ(lk_cpu_first_nonfinite(4, nullptr, &index), LK_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(lk_cpu_first_nonfinite(4, x.data(), nullptr), LK_ERR_INVALID_ARGUMENT);
 }
 
 // ---- AdamW over several steps against the same update in double --------------------------------

@@ -85,5 +85,18 @@ TEST(SvdErrors, ArgumentsAreNamed) {
     EXPECT_EQ(lk_cpu_svd(0, 3, nullptr, nullptr, nullptr, nullptr), LK_OK);
 }
 
+// LAPACK's sgesdd never returns on +Inf and calls NaN an illegal argument: both are refused first,
+// naming the first bad element.
+TEST(SvdErrors, NonFiniteInputIsRefusedNamingTheElement) {
+    for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                      std::numeric_limits<float>::quiet_NaN()}) {
+        std::vector<float> A(12, 1.0f), U(9), S(3), Vt(12);
+        A[7] = bad;
+        A[9] = std::numeric_limits<float>::quiet_NaN();
+        EXPECT_EQ(lk_cpu_svd(3, 4, A.data(), U.data(), S.data(), Vt.data()), LK_ERR_INVALID_ARGUMENT);
+        EXPECT_NE(last_error().find("A[7] (row 1, column 3)"), std::string::npos) << last_error();
+    }
+}
+
 }  // namespace
 }  // namespace cpu_test

@@ -61,30 +61,59 @@ TEST_P(ElementwiseParity, MseLoss) {
     float want_loss = 0.0f;
     std::vector<float> want_dpred(n);
     ASSERT_EQ(LK_OK, lk_cpu_mse_loss(n, pred.data(), target.data(), &want_loss, want_dpred.data()));
-    // The launcher's sequence: zero the sum, launch, divide by n on the host.
-    float loss_sum = NAN;
-    const float zero = 0.0f;
-    const long long one = 1;
-    ASSERT_TRUE(Launch("lk_ew_fill_f32", parity::ElementwiseGrid(1, kMultiprocessors), parity::kElementwiseThreads, 0,
-                       &loss_sum, zero, one));
+    // The launcher's sequence: one double partial per block, added on the host in block order.
+    const auto grid = parity::ElementwiseGrid(n, kMultiprocessors);
+    const unsigned blocks = grid.x;
+    std::vector<double> partials(blocks, NAN);
     Buffer dpred = Buffer::Poisoned(DType::F32, (size_t)n);
-    ASSERT_TRUE(Launch("lk_ew_mse_loss_f32", parity::ElementwiseGrid(n, kMultiprocessors), parity::kElementwiseThreads,
-                       0, pred.data(), target.data(), &loss_sum, (float*)dpred.data(), n));
-    // Each block's double sum is rounded to float and added atomically: at most one rounding per
-    // block plus the float additions, each 2^-24 relative of a positive running sum, and the final
-    // division and the CPU's own rounding: tol = 2^-24·(blocks + 3)·loss.
-    const auto blocks = parity::ElementwiseGrid(n, kMultiprocessors).x;
-    const double loss = (double)loss_sum / (double)n;
-    EXPECT_NEAR(loss, want_loss, parity::kF32Unit * (blocks + 3) * want_loss);
+    ASSERT_TRUE(Launch("lk_ew_mse_loss_f32", grid, parity::kElementwiseThreads, 0, pred.data(), target.data(),
+                       partials.data(), (float*)dpred.data(), n));
+    double sum = 0.0;
+    for (double partial : partials) sum += partial;
+    // Both sum d² in double (in different orders) and round the mean once: at most a few 2^-24 of the loss.
+    const double loss = (double)(float)(sum / (double)n);
+    EXPECT_NEAR(loss, want_loss, parity::kF32Unit * 2.0 * want_loss);
     EXPECT_GT(want_loss, 0.1f);
     EXPECT_TRUE(BitEqual("mse dpred", dpred.values(), want_dpred));  // both compute 2·d/n in double, round once
 
-    // dpred may be null: the loss alone.
-    float loss_only = 0.0f;
+    // dpred may be null: the loss alone, the same partials bit for bit (a fixed order, no atomics).
+    std::vector<double> again(blocks, NAN);
     float* no_dpred = nullptr;
-    ASSERT_TRUE(Launch("lk_ew_mse_loss_f32", parity::ElementwiseGrid(n, kMultiprocessors), parity::kElementwiseThreads,
-                       0, pred.data(), target.data(), &loss_only, no_dpred, n));
-    EXPECT_NEAR((double)loss_only / (double)n, want_loss, parity::kF32Unit * (blocks + 3) * want_loss);
+    ASSERT_TRUE(Launch("lk_ew_mse_loss_f32", grid, parity::kElementwiseThreads, 0, pred.data(), target.data(),
+                       again.data(), no_dpred, n));
+    EXPECT_EQ(0, std::memcmp(again.data(), partials.data(), blocks * sizeof(double)));
+}
+
+// The first NaN/±Inf index: per-block minima whose minimum is the CPU's answer, in f32 and bf16.
+TEST_P(ElementwiseParity, FirstNonFinite) {
+    const long long n = GetParam();
+    std::vector<float> x = parity::RandomValues((size_t)n, 61);
+    const auto grid = parity::ElementwiseGrid(n, kMultiprocessors);
+    auto device_first = [&](const std::vector<float>& values, bool bf16) {
+        std::vector<long long> block_first(grid.x, -7);
+        Buffer stored(bf16 ? DType::BF16 : DType::F32, values);
+        const bool launched = bf16 ? Launch("lk_ew_first_nonfinite_bf16", grid, parity::kElementwiseThreads, 0,
+                                            (const uint16_t*)stored.data(), n, block_first.data())
+                                   : Launch("lk_ew_first_nonfinite_f32", grid, parity::kElementwiseThreads, 0,
+                                            (const float*)stored.data(), n, block_first.data());
+        EXPECT_TRUE(launched);
+        long long first = n;
+        for (long long b : block_first) first = std::min(first, b);
+        return first < n ? first : -1LL;
+    };
+    for (long long at : {-1LL, 0LL, n / 2, n - 1}) {
+        for (float bad : {NAN, INFINITY, -INFINITY}) {
+            std::vector<float> y = x;
+            if (at >= 0) y[(size_t)at] = bad;
+            if (at >= 0 && at + 3 < n) y[(size_t)(at + 3)] = NAN;  // a later one must not win
+            int64_t want = 0;
+            ASSERT_EQ(LK_OK, lk_cpu_first_nonfinite(n, y.data(), &want));
+            EXPECT_EQ(want, at);
+            EXPECT_EQ(device_first(y, false), want) << "f32, bad " << bad << " at " << at;
+            EXPECT_EQ(device_first(y, true), want) << "bf16, bad " << bad << " at " << at;
+            if (at < 0) break;
+        }
+    }
 }
 
 TEST_P(ElementwiseParity, CastsRoundLikeTheCpu) {

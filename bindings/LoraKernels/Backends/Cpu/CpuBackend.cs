@@ -69,6 +69,14 @@ internal sealed unsafe partial class CpuBackend : IBackend
         return loss;
     }
 
+    public long FirstNonFinite(Tensor tensor)
+    {
+        using var call = new CpuCall();
+        long index;
+        Check.Cpu(NativeCpu.lk_cpu_first_nonfinite(tensor.ElementCount, call.Input(tensor), &index));
+        return index;
+    }
+
     public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, float lr, float beta1, float beta2,
                           float eps, float weightDecay, long step)
     {
@@ -147,8 +155,16 @@ internal sealed unsafe partial class CpuBackend : IBackend
         {
             void* storage = Raw(tensor);
             if (tensor.DType == DType.F32) return (float*)storage;
-            float* staged = (float*)NativeMemory.AlignedAlloc((nuint)Math.Max(tensor.ElementCount * sizeof(float), 1), 64);
-            if (staged is null) throw new OutOfMemoryException($"No host memory for an fp32 copy of {tensor.Describe()}.");
+            long bytes = Math.Max(tensor.ElementCount * sizeof(float), 1);
+            float* staged;
+            try
+            {
+                staged = (float*)NativeMemory.AlignedAlloc((nuint)bytes, 64);
+            }
+            catch (OutOfMemoryException e)
+            {
+                throw new OutOfMemoryException($"LoraKernels could not allocate {bytes} bytes of host memory for an fp32 copy of {tensor.Describe()}.", e);
+            }
             _temporaries.Add((IntPtr)staged);
             if (convertIn) Check.Cpu(NativeCpu.lk_cpu_bf16_to_f32(tensor.ElementCount, (ushort*)storage, staged));
             if (writeBack) _outputs.Add(((IntPtr)staged, tensor.ElementCount, (IntPtr)storage));

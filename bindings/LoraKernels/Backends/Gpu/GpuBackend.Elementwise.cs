@@ -37,18 +37,44 @@ internal sealed partial class GpuBackend
     public float MseLoss(Tensor pred, Tensor target, Tensor? dpred)
     {
         long n = pred.ElementCount;
-        // The kernel adds one partial sum of squares per block into a zeroed float; the mean is
-        // taken here. n == 0 gives 0/0 = NaN, as torch and the CPU kernel do.
-        using Tensor sum = Tensor.Empty(pred.Device, DType.F32, 1);
-        Fill(sum, 0f);
-        if (n > 0)
+        // n == 0 gives 0/0 = NaN, as torch and the CPU kernel do.
+        if (n == 0) return float.NaN;
+        // One double partial sum of squares per block, added here in block order: deterministic.
+        double sum = 0;
+        foreach (double partial in BlockPartials<double>("lk_ew_mse_loss_f32", n,
+                     (args, partials) => args.Pointer(pred).Pointer(target).Pointer(partials).Pointer(dpred).Long(n)))
+            sum += partial;
+        return (float)(sum / n);
+    }
+
+    public long FirstNonFinite(Tensor tensor)
+    {
+        long n = tensor.ElementCount;
+        if (n == 0) return -1;
+        string kernel = KernelFor(tensor.DType, "lk_ew_first_nonfinite_f32", "lk_ew_first_nonfinite_bf16");
+        long first = n;
+        foreach (long blockFirst in BlockPartials<long>(kernel, n, (args, partials) => args.Pointer(tensor).Long(n).Pointer(partials)))
+            first = Math.Min(first, blockFirst);
+        return first < n ? first : -1;
+    }
+
+    /// <summary>
+    /// Runs a grid-stride reduction over n elements whose blocks each write one partial of type
+    /// <typeparamref name="T"/> into a temporary, and returns the partials in block order.
+    /// <paramref name="arguments"/> packs the kernel's parameters around the partials buffer.
+    /// </summary>
+    private T[] BlockPartials<T>(string kernel, long n, Action<KernelArguments, DeviceBuffer> arguments) where T : unmanaged
+    {
+        uint blocks = ElementwiseGrid(n, _device.MultiprocessorCount);
+        var partials = new T[blocks];
+        using DeviceBuffer buffer = _device.Allocate((long)blocks * System.Runtime.CompilerServices.Unsafe.SizeOf<T>());
+        using (var args = new KernelArguments())
         {
-            using var args = new KernelArguments()
-                .Pointer(pred).Pointer(target).Pointer(sum).Pointer(dpred)
-                .Long(n);
-            LaunchElementwise("lk_ew_mse_loss_f32", n, args);
+            arguments(args, buffer);
+            _device.Launch(kernel, new Dim3(blocks), new Dim3(ElementwiseThreads), 0, args);
         }
-        return (float)((double)sum.ToArray()[0] / n);
+        _device.Download(buffer, 0, System.Runtime.InteropServices.MemoryMarshal.AsBytes(partials.AsSpan()));
+        return partials;
     }
 
     public void Cast(Tensor source, Tensor destination)
