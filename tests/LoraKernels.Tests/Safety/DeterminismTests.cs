@@ -66,22 +66,11 @@ public sealed class DeterminismTests
 
     private static string DigestInChild(string? isa)
     {
-        string host = Environment.ProcessPath!;
-        var start = new ProcessStartInfo(host) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(host) == "dotnet")
-        {
-            start.ArgumentList.Add("exec");
-            start.ArgumentList.Add(typeof(TrainingDigestProgram).Assembly.Location);
-        }
-        start.ArgumentList.Add("train-digest");
-        start.ArgumentList.Add("cpu");
+        ProcessStartInfo start = ChildProgram.StartInfo("train-digest", "cpu");
         if (isa is null) start.Environment.Remove("LORAKERNELS_CPU_ISA");
         else start.Environment["LORAKERNELS_CPU_ISA"] = isa;
-        using Process child = Process.Start(start)!;
-        string output = child.StandardOutput.ReadToEnd();
-        string errors = child.StandardError.ReadToEnd();
-        Assert.That(child.WaitForExit(TimeSpan.FromMinutes(2)), Is.True, "train-digest finished");
-        Assert.That(child.ExitCode, Is.Zero, errors);
+        var (exitCode, output, errors) = ChildProgram.Run(start, TimeSpan.FromMinutes(2));
+        Assert.That(exitCode, Is.Zero, errors);
         string line = output.Split('\n').Single(l => l.StartsWith("digest ", StringComparison.Ordinal));
         return line["digest ".Length..].Trim();
     }
