@@ -15,7 +15,7 @@
 //   lk_ew_fill_f32            dst = value                                                4 B/elem
 //   lk_ew_fill_bf16           dst = bf16(value)                                          2 B/elem
 //
-// Strategy: grid-stride loops (kEwThreads threads a block; the launcher caps the grid at a few
+// Strategy: grid-stride loops (kElementwiseThreads threads a block; the launcher caps the grid at a few
 // blocks per SM and the loop covers the rest), one coalesced scalar access per element and
 // array. All are bound by memory bandwidth; scalar 4-byte accesses from a full grid already
 // reach most of it, so no vector path. The reductions (MSE, first non-finite) are deterministic:
@@ -25,14 +25,14 @@
 // bit. The MSE accumulates in double; dpred is computed in double and rounded once, like the CPU
 // kernel, so it matches it bit for bit. Assumptions: none on alignment; n >= 0.
 #include "common.cuh"
+#include "launch_geometry.cuh"
 
 namespace {
 
-constexpr int kEwThreads = 256;
-static_assert(kEwThreads % 32 == 0 && kEwThreads <= 1024, "whole warps, one block");
+static_assert(kElementwiseThreads % 32 == 0 && kElementwiseThreads <= 1024, "whole warps, one block");
 
-LK_DEVICE lk_i64 lk_ew_first() { return (lk_i64)blockIdx.x * kEwThreads + threadIdx.x; }
-LK_DEVICE lk_i64 lk_ew_stride() { return (lk_i64)gridDim.x * kEwThreads; }
+LK_DEVICE lk_i64 lk_ew_first() { return (lk_i64)blockIdx.x * kElementwiseThreads + threadIdx.x; }
+LK_DEVICE lk_i64 lk_ew_stride() { return (lk_i64)gridDim.x * kElementwiseThreads; }
 
 template <class Src, class Dst>
 LK_DEVICE void lk_ew_cast(const Src* src, Dst* dst, lk_i64 n) {
@@ -65,7 +65,7 @@ LK_DEVICE bool lk_non_finite(lk_bf16 v) { return (v.bits & 0x7f80u) == 0x7f80u; 
 // block_first[blockIdx.x] = the smallest i this block's threads visit with src[i] non-finite, or n.
 template <class T>
 LK_DEVICE void lk_ew_first_nonfinite(const T* src, lk_i64 n, lk_i64* block_first) {
-    LK_SHARED(lk_i64, warp_first, [kEwThreads / 32]);
+    LK_SHARED(lk_i64, warp_first, [kElementwiseThreads / 32]);
     lk_i64 first = n;
     for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
         if (lk_non_finite(src[i])) {
@@ -78,7 +78,7 @@ LK_DEVICE void lk_ew_first_nonfinite(const T* src, lk_i64 n, lk_i64* block_first
     if (lane == 0) warp_first[warp] = first;
     __syncthreads();
     if (warp == 0) {
-        lk_i64 block = lane < kEwThreads / 32 ? warp_first[lane] : n;
+        lk_i64 block = lane < kElementwiseThreads / 32 ? warp_first[lane] : n;
         block = lk_warp_min_i64(block);
         if (lane == 0) block_first[blockIdx.x] = block;
     }
@@ -86,7 +86,7 @@ LK_DEVICE void lk_ew_first_nonfinite(const T* src, lk_i64 n, lk_i64* block_first
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_relu_forward_f32(const float* x, float* y,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_relu_forward_f32(const float* x, float* y,
                                                                                 long long n) {
     for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
         const float v = x[i];
@@ -95,23 +95,23 @@ extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_relu_forward_f32(
 }
 LK_KERNEL(lk_ew_relu_forward_f32);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_relu_backward_f32(const float* x, const float* dy,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_relu_backward_f32(const float* x, const float* dy,
                                                                                  float* dx, long long n) {
     for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 LK_KERNEL(lk_ew_relu_backward_f32);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_axpy_f32(float alpha, const float* x, float* y,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_axpy_f32(float alpha, const float* x, float* y,
                                                                         long long n) {
     for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) y[i] += alpha * x[i];
 }
 LK_KERNEL(lk_ew_axpy_f32);
 
 // block_sums: one double per block of the grid. dpred may be null.
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_mse_loss_f32(const float* pred, const float* target,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_mse_loss_f32(const float* pred, const float* target,
                                                                             double* block_sums, float* dpred,
                                                                             long long n) {
-    LK_SHARED(double, warp_sums, [kEwThreads / 32]);
+    LK_SHARED(double, warp_sums, [kElementwiseThreads / 32]);
     const double inv_n = 1.0 / (double)n;
     double sum = 0.0;
     for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
@@ -124,7 +124,7 @@ extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_mse_loss_f32(cons
     if (lane == 0) warp_sums[warp] = sum;
     __syncthreads();
     if (warp == 0) {
-        double block_sum = lane < kEwThreads / 32 ? warp_sums[lane] : 0.0;
+        double block_sum = lane < kElementwiseThreads / 32 ? warp_sums[lane] : 0.0;
         block_sum = lk_warp_sum_f64(block_sum);
         if (lane == 0) block_sums[blockIdx.x] = block_sum;
     }
@@ -132,36 +132,36 @@ extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_mse_loss_f32(cons
 LK_KERNEL(lk_ew_mse_loss_f32);
 
 // block_first: one long long per block of the grid.
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_first_nonfinite_f32(const float* src, long long n,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_first_nonfinite_f32(const float* src, long long n,
                                                                                    long long* block_first) {
     lk_ew_first_nonfinite(src, n, block_first);
 }
 LK_KERNEL(lk_ew_first_nonfinite_f32);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_first_nonfinite_bf16(const lk_bf16* src, long long n,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_first_nonfinite_bf16(const lk_bf16* src, long long n,
                                                                                     long long* block_first) {
     lk_ew_first_nonfinite(src, n, block_first);
 }
 LK_KERNEL(lk_ew_first_nonfinite_bf16);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_cast_f32_to_bf16(const float* src, lk_bf16* dst,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_cast_f32_to_bf16(const float* src, lk_bf16* dst,
                                                                                 long long n) {
     lk_ew_cast(src, dst, n);
 }
 LK_KERNEL(lk_ew_cast_f32_to_bf16);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_cast_bf16_to_f32(const lk_bf16* src, float* dst,
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_cast_bf16_to_f32(const lk_bf16* src, float* dst,
                                                                                 long long n) {
     lk_ew_cast(src, dst, n);
 }
 LK_KERNEL(lk_ew_cast_bf16_to_f32);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_fill_f32(float* dst, float value, long long n) {
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_fill_f32(float* dst, float value, long long n) {
     lk_ew_fill(dst, value, n);
 }
 LK_KERNEL(lk_ew_fill_f32);
 
-extern "C" __global__ void __launch_bounds__(kEwThreads) lk_ew_fill_bf16(lk_bf16* dst, float value, long long n) {
+extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_fill_bf16(lk_bf16* dst, float value, long long n) {
     lk_ew_fill(dst, value, n);
 }
 LK_KERNEL(lk_ew_fill_bf16);

@@ -23,7 +23,8 @@
 // Strategies and why:
 //   * deq(W) is never written to global memory: every consumer decodes nibbles in registers while
 //     it streams or stages W, so W costs n/2 bytes of traffic instead of 4n (fp32) or 2n (bf16).
-//     Code tables (16 fp32) and, when nested, the dynamic 8-bit map (256 fp32) are copied into
+//     Code tables (16 fp32) and, when nested, the dynamic 8-bit map (256 fp32), from quant_codes.cuh
+//     (the CPU kernels read the same file), are copied into
 //     shared memory per block: a nibble lookup by 32 lanes is then one conflict-free shared read
 //     (16 values in 16 banks), where a constant-memory lookup would serialise on distinct indices.
 //   * quantize: one warp per quantization block (blocksize 32..4096), 8 per 256-thread block; the
@@ -42,21 +43,17 @@
 //     max of |absmax - offset|, then bnb's dQuantize<0> search (pivot 127, steps 64..1, then a
 //     midpoint comparison) step for step, as the CPU does, so ties resolve as bnb's do. A nested
 //     block whose values all equal the offset (absmax2 = 0) encodes code 127 (exact 0.0).
-//   * decode (M <= 16) mirrors lora.cu's forward decode: bound by streaming W once; each block
-//     owns a contiguous range of W rows, stages x (fp32, chunks of kDecodeChunk columns) and its
-//     dropout keep bits in shared memory, each warp streams two W rows at a time with 16-byte
-//     loads (32 weights, one absmax: 32 divides every blocksize and `in`), for all M tokens at
-//     once; table values are dotted with x and the dot scaled by the absmax once per group, so
-//     a weight costs one nibble extract, one shared lookup and one FMA per token. u = dropout(x)
-//     Aᵀ is computed per block redundantly (no u round trip through memory, one launch).
-//     When `in` is not a multiple of 32 (rows then do not start on a 16-byte boundary) lanes read
-//     single bytes instead.
-//   * tiled mirrors lora.cu's tile engine (64x64 output tile per 256-thread block, 16-deep K
-//     slices staged into shared memory as fp32, 4x4 register sub-tile per thread strided by 16):
-//     W's slice is dequantized while it is staged. The forward reduces the LoRA columns u Bᵀ
-//     first, scales, then continues with x deq(W)ᵀ into the same accumulators; grad_x reduces
-//     du A first, applies each output's dropout factor, then continues with dy deq(W). A copy of
-//     the engine rather than a shared header: kernels may include only common.cuh.
+//   * decode (M <= 16) is the shared decode engine (decode_engine.cuh, as lora.cu's decode) with the
+//     4-bit tables as its shared-memory prefix: bound by streaming W once, x staged per block; each
+//     warp streams two W rows at a time with 16-byte code loads (32 weights, one absmax: 32 divides
+//     every blocksize and `in`), for all M tokens at once; table values are dotted with x and the
+//     dot scaled by the absmax once per group, so a weight costs one nibble extract, one shared
+//     lookup and one FMA per token. When `in` is not a multiple of 32 (rows then do not start on a
+//     16-byte boundary) lanes read single bytes instead.
+//   * tiled is the shared tile engine (tile_engine.cuh) with a quantized-weight operand: W's slice
+//     is dequantized while it is staged. The forward reduces the LoRA columns u Bᵀ first, scales,
+//     then continues with x deq(W)ᵀ into the same accumulators; grad_x reduces du A first, applies
+//     each output's dropout factor, then continues with dy deq(W).
 //
 // Assumptions: row-major dense tensors; W is [out, in] flattened row-major (quantization blocks
 // may cross rows); every matmul dimension and out·in < 2^31 (the C# side guarantees it), so int
@@ -76,98 +73,15 @@
 //   qlora tiled    FLOPs 2·M·(n + out·r);         min bytes matmul tiled + s·out·r + 4·M·r
 //   grad_x         FLOPs 2·M·(n + r·in);          min bytes n/2 + stats + s·(M·out + r·in + M·in) + 4·M·r
 #include "common.cuh"
-
-// Device tables: __constant__ under CUDA, ordinary read-only arrays under the emulator.
-#if defined(LK_MODE_CUDA)
-#define LK_NF4_TABLE __constant__
-#else
-#define LK_NF4_TABLE static const
-#endif
+#include "decode_engine.cuh"
+#include "quant_codes.cuh"
+#include "tile_engine.cuh"
 
 namespace {
 
-constexpr int kQuantNf4 = 0;
-constexpr int kQuantFp4 = 1;
-constexpr int kNestedBlock = 256;  // first-level absmax values per nested block (bnb: 256)
+constexpr int kNestedBlock = kLkNestedBlock;  // first-level absmax values per nested block (bnb: 256)
 
-// ---- tables (float32 bit patterns, REFERENCE.md §8.1, §8.2, Appendix B) -------------------------
-LK_NF4_TABLE lk_u32 kNf4Bits[16] = {
-    0xbf800000u, 0xbf3239b1u, 0xbf066b30u, 0xbeca32a0u, 0xbe91a24du, 0xbe3d353fu, 0xbdba7871u, 0x00000000u,
-    0x3da2faffu, 0x3e24cae3u, 0x3e7c04ddu, 0x3ead033au, 0x3ee1a4b8u, 0x3f1007abu, 0x3f3913b3u, 0x3f800000u,
-};
-// FP4: bit 3 is the sign, bits 0..2 index bnb's kernel LUT {0, 0.005208333333, 0.66666667, 1,
-// 0.33333333, 0.5, 0.16666667, 0.25} (code 8 is -0.0).
-LK_NF4_TABLE lk_u32 kFp4Bits[16] = {
-    0x00000000u, 0x3baaaaabu, 0x3f2aaaabu, 0x3f800000u, 0x3eaaaaabu, 0x3f000000u, 0x3e2aaaabu, 0x3e800000u,
-    0x80000000u, 0xbbaaaaabu, 0xbf2aaaabu, 0xbf800000u, 0xbeaaaaabu, 0xbf000000u, 0xbe2aaaabu, 0xbe800000u,
-};
-// create_dynamic_map(signed=True): the nested absmax code.
-LK_NF4_TABLE lk_u32 kDyn8Bits[256] = {
-    0xbf7e3333u, 0xbf7a9999u, 0xbf770000u, 0xbf736666u, 0xbf6fccccu, 0xbf6c3333u, 0xbf68999au, 0xbf650000u,
-    0xbf616666u, 0xbf5dccccu, 0xbf5a3333u, 0xbf569999u, 0xbf530000u, 0xbf4f6666u, 0xbf4bccccu, 0xbf483333u,
-    0xbf44999au, 0xbf410000u, 0xbf3d6667u, 0xbf39cccdu, 0xbf363334u, 0xbf32999au, 0xbf2f0000u, 0xbf2b6667u,
-    0xbf27cccdu, 0xbf243333u, 0xbf20999au, 0xbf1d0000u, 0xbf196666u, 0xbf15cccdu, 0xbf123334u, 0xbf0e999au,
-    0xbf0b0000u, 0xbf076666u, 0xbf03cccdu, 0xbf003333u, 0xbef93334u, 0xbef20000u, 0xbeeaccccu, 0xbee3999au,
-    0xbedc6666u, 0xbed53332u, 0xbece0000u, 0xbec6ccccu, 0xbebf999au, 0xbeb86666u, 0xbeb13332u, 0xbeaa0000u,
-    0xbea2ccccu, 0xbe9b999au, 0xbe946666u, 0xbe8d3334u, 0xbe860000u, 0xbe7d999au, 0xbe6f3334u, 0xbe60cccdu,
-    0xbe526666u, 0xbe440000u, 0xbe359999u, 0xbe273333u, 0xbe18cccdu, 0xbe0a6666u, 0xbdf80000u, 0xbddb3334u,
-    0xbdc9eb85u, 0xbdc428f5u, 0xbdbe6667u, 0xbdb8a3d7u, 0xbdb2e148u, 0xbdad1eb8u, 0xbda75c28u, 0xbda1999au,
-    0xbd9bd70au, 0xbd96147bu, 0xbd9051ebu, 0xbd8a8f5du, 0xbd84cccdu, 0xbd7e147au, 0xbd728f5du, 0xbd670a3du,
-    0xbd5b851fu, 0xbd500000u, 0xbd447ae1u, 0xbd38f5c3u, 0xbd2d70a3u, 0xbd21eb85u, 0xbd166667u, 0xbd0ae147u,
-    0xbcfeb852u, 0xbce7ae13u, 0xbcd0a3d7u, 0xbcb9999au, 0xbca28f5cu, 0xbc8b851fu, 0xbc68f5c3u, 0xbc3ae148u,
-    0xbc1f3b64u, 0xbc160418u, 0xbc0ccccdu, 0xbc039581u, 0xbbf4bc6au, 0xbbe24dd3u, 0xbbcfdf3bu, 0xbbbd70a4u,
-    0xbbab020du, 0xbb989374u, 0xbb8624ddu, 0xbb676c8au, 0xbb428f5cu, 0xbb1db22du, 0xbaf1a9fcu, 0xbaa7ef9du,
-    0xba7765ffu, 0xba59e83eu, 0xba3c6a80u, 0xba1eecc1u, 0xba016f01u, 0xb9c7e283u, 0xb98ce705u, 0xb923d70bu,
-    0xb8ba1f4bu, 0xb88aefb3u, 0xb8378034u, 0xb7b24206u, 0xb70205ffu, 0xb65a1a94u, 0xb513a3b7u, 0x00000000u,
-    0x3513a3b7u, 0x365a1a94u, 0x370205ffu, 0x37b24206u, 0x38378034u, 0x388aefb3u, 0x38ba1f4bu, 0x3923d70bu,
-    0x398ce705u, 0x39c7e283u, 0x3a016f01u, 0x3a1eecc1u, 0x3a3c6a80u, 0x3a59e83eu, 0x3a7765ffu, 0x3aa7ef9du,
-    0x3af1a9fcu, 0x3b1db22du, 0x3b428f5cu, 0x3b676c8au, 0x3b8624ddu, 0x3b989374u, 0x3bab020du, 0x3bbd70a4u,
-    0x3bcfdf3bu, 0x3be24dd3u, 0x3bf4bc6au, 0x3c039581u, 0x3c0ccccdu, 0x3c160418u, 0x3c1f3b64u, 0x3c3ae148u,
-    0x3c68f5c3u, 0x3c8b851fu, 0x3ca28f5cu, 0x3cb9999au, 0x3cd0a3d7u, 0x3ce7ae13u, 0x3cfeb852u, 0x3d0ae147u,
-    0x3d166667u, 0x3d21eb85u, 0x3d2d70a3u, 0x3d38f5c3u, 0x3d447ae1u, 0x3d500000u, 0x3d5b851fu, 0x3d670a3du,
-    0x3d728f5du, 0x3d7e147au, 0x3d84cccdu, 0x3d8a8f5du, 0x3d9051ebu, 0x3d96147bu, 0x3d9bd70au, 0x3da1999au,
-    0x3da75c28u, 0x3dad1eb8u, 0x3db2e148u, 0x3db8a3d7u, 0x3dbe6667u, 0x3dc428f5u, 0x3dc9eb85u, 0x3ddb3334u,
-    0x3df80000u, 0x3e0a6666u, 0x3e18cccdu, 0x3e273333u, 0x3e359999u, 0x3e440000u, 0x3e526666u, 0x3e60cccdu,
-    0x3e6f3334u, 0x3e7d999au, 0x3e860000u, 0x3e8d3334u, 0x3e946666u, 0x3e9b999au, 0x3ea2ccccu, 0x3eaa0000u,
-    0x3eb13332u, 0x3eb86666u, 0x3ebf999au, 0x3ec6ccccu, 0x3ece0000u, 0x3ed53332u, 0x3edc6666u, 0x3ee3999au,
-    0x3eeaccccu, 0x3ef20000u, 0x3ef93334u, 0x3f003333u, 0x3f03cccdu, 0x3f076666u, 0x3f0b0000u, 0x3f0e999au,
-    0x3f123334u, 0x3f15cccdu, 0x3f196666u, 0x3f1d0000u, 0x3f20999au, 0x3f243333u, 0x3f27cccdu, 0x3f2b6667u,
-    0x3f2f0000u, 0x3f32999au, 0x3f363334u, 0x3f39cccdu, 0x3f3d6667u, 0x3f410000u, 0x3f44999au, 0x3f483333u,
-    0x3f4bccccu, 0x3f4f6666u, 0x3f530000u, 0x3f569999u, 0x3f5a3333u, 0x3f5dccccu, 0x3f616666u, 0x3f650000u,
-    0x3f68999au, 0x3f6c3333u, 0x3f6fccccu, 0x3f736666u, 0x3f770000u, 0x3f7a9999u, 0x3f7e3333u, 0x3f800000u,
-};
-
-// ---- encoding ---------------------------------------------------------------------------------------
-// NF4: the number of float32 midpoints (code[i] + code[i+1]) / 2 that x strictly exceeds; a value
-// on a midpoint takes the lower code, NaN takes code 0 (every comparison false), as bnb's tree.
-LK_DEVICE int lk_nf4_encode(float x) {
-    const lk_u32 midpoints[15] = {0xbf591cd8u, 0xbf1c5270u, 0xbeeb8480u, 0xbeadea76u, 0xbe703cecu,
-                                  0xbe0d38bcu, 0xbd3a7871u, 0x3d22faffu, 0x3df64862u, 0x3e5067e0u,
-                                  0x3e9582d4u, 0x3ec753f9u, 0x3f006d04u, 0x3f248dafu, 0x3f5c89dau};
-    int code = 0;
-#pragma unroll
-    for (int i = 0; i < 15; ++i) code += x > lk_bits_f32(midpoints[i]) ? 1 : 0;
-    return code;
-}
-
-// FP4: bnb's decision tree on |x| (REFERENCE.md §8.2, its float32 literals), sign bit 8 iff x < 0.
-LK_DEVICE int lk_fp4_encode(float x) {
-    const float a = x < 0.0f ? -x : x;
-    int bits;
-    if (a > lk_bits_f32(0x3e955555u))
-        bits = a > lk_bits_f32(0x3f155550u) ? (a > lk_bits_f32(0x3f555555u) ? 3 : 2)
-                                            : (a > lk_bits_f32(0x3ed55556u) ? 5 : 4);
-    else
-        bits = a > lk_bits_f32(0x3db00000u) ? (a > lk_bits_f32(0x3e555555u) ? 7 : 6)
-                                            : (a > lk_bits_f32(0x3b2aaab9u) ? 1 : 0);
-    return x < 0.0f ? bits | 8 : bits;
-}
-
-LK_DEVICE int lk_encode_4bit(float x, int quant_type) {
-    return quant_type == kQuantFp4 ? lk_fp4_encode(x) : lk_nf4_encode(x);
-}
-
-LK_DEVICE int lk_zero_code(int quant_type) { return quant_type == kQuantNf4 ? 7 : 0; }
+// Codes, encoders and the dynamic map: quant_codes.cuh (shared with the CPU kernels).
 
 // log2 of a power-of-two blocksize, so block indices are shifts.
 LK_DEVICE int lk_log2(int power_of_two) { return 31 - __clz(power_of_two); }
@@ -176,9 +90,9 @@ LK_DEVICE int lk_log2(int power_of_two) { return 31 - __clz(power_of_two); }
 // memory. The caller synchronises before the first use.
 LK_DEVICE void lk_load_tables(float* lut, float* dyn8, int quant_type, bool nested, int threads) {
     for (int i = (int)threadIdx.x; i < 16; i += threads)
-        lut[i] = lk_bits_f32(quant_type == kQuantFp4 ? kFp4Bits[i] : kNf4Bits[i]);
+        lut[i] = lk_code_4bit(i, quant_type);
     if (nested)
-        for (int i = (int)threadIdx.x; i < 256; i += threads) dyn8[i] = lk_bits_f32(kDyn8Bits[i]);
+        for (int i = (int)threadIdx.x; i < 256; i += threads) dyn8[i] = lk_bits_f32(lk_dynamic_signed_bits[i]);
 }
 
 // A quantized weight as the consumers read it; lut and dyn8 point at the block's shared copies.
@@ -250,7 +164,7 @@ LK_DEVICE void lk_nf4_quantize(const T* __restrict__ w, lk_u8* __restrict__ code
 }
 
 // ---- dequantize -------------------------------------------------------------------------------------
-constexpr int kDequantizeThreads = 256;  // the element-wise geometry (GpuBackend.ElementwiseGrid over bytes)
+constexpr int kDequantizeThreads = kElementwiseThreads;  // the element-wise geometry, over bytes
 
 // Grid-stride over bytes; each thread writes the byte's two elements (the second only if < n).
 template <class T>
@@ -291,31 +205,6 @@ LK_DEVICE void lk_nf4_absmax_mean(const float* __restrict__ absmax, float* __res
     if (tid == 0) offset[0] = (float)(partial[0] / (double)nblocks);
 }
 
-// bnb's dQuantize<0> (csrc/kernels.cu) over the sorted dynamic map, step for step: binary search
-// from pivot 127 with steps 64..1, then the pivot or its bracketing neighbour by the midpoint
-// ('>' mid goes up, '<' mid goes down, exactly on it stays at the pivot).
-LK_DEVICE int lk_dyn8_encode(float x) {
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float value = lk_bits_f32(kDyn8Bits[pivot]);
-    for (int step = 64; step > 0; step >>= 1) {
-        if (x > value) {
-            lower_pivot = pivot;
-            lower = value;
-            pivot += step;
-        } else {
-            upper_pivot = pivot;
-            upper = value;
-            pivot -= step;
-        }
-        value = lk_bits_f32(kDyn8Bits[pivot]);
-    }
-    if (upper_pivot == 255) upper = lk_bits_f32(kDyn8Bits[255]);
-    if (lower_pivot == 0) lower = lk_bits_f32(kDyn8Bits[0]);
-    if (x > value) return x > (upper + value) * 0.5f ? upper_pivot : pivot;
-    return x < (lower + value) * 0.5f ? lower_pivot : pivot;
-}
-
 constexpr int kDoubleQuantThreads = kNestedBlock;  // one thread per first-level absmax
 
 // Nested block c = blockIdx.x: absmax2[c] = max |absmax[b] - offset| over its 256 values,
@@ -333,45 +222,11 @@ LK_DEVICE void lk_nf4_double_quantize(const float* __restrict__ absmax, lk_u8* _
     m = 0.0f;
 #pragma unroll
     for (int i = 0; i < kDoubleQuantThreads / 32; ++i) m = warp_max[i] > m ? warp_max[i] : m;
-    if (b < nblocks) qabsmax[b] = (lk_u8)(m > 0.0f ? lk_dyn8_encode(centered * (1.0f / m)) : 127);
+    if (b < nblocks) qabsmax[b] = (lk_u8)(m > 0.0f ? lk_dynamic_encode(centered * (1.0f / m), LkDynamicBits{lk_dynamic_signed_bits}) : 127);
     if (tid == 0) absmax2[blockIdx.x] = m;
 }
 
-// ---- tiled GEMM engine (lora.cu's, with a quantized-weight operand) -------------------------------
-constexpr int kTileM = 64;         // output rows per block
-constexpr int kTileN = 64;         // output columns per block
-constexpr int kTileK = 16;         // reduction depth staged per shared-memory pass
-constexpr int kTileThreads = 256;  // 16 x 16 threads, each owning a 4 x 4 sub-tile
-constexpr int kTileSide = 16;
-constexpr int kTilePerThread = 4;
-constexpr int kTileStride = kTileM + 2;  // ≡ 2 (mod 32): conflict-free K-contiguous staging stores
-static_assert(kTileSide * kTileSide == kTileThreads, "one thread per (ty, tx) pair");
-static_assert(kTileSide * kTilePerThread == kTileM && kTileM == kTileN, "square tile covered by the threads");
-static_assert((kTileM * kTileK) % kTileThreads == 0, "each thread stages a whole number of elements");
-
-// A dense operand: element (row, k) of the logical [rows, K] matrix; kContiguousK: stored
-// [rows, K], else [K, rows]. kDropout multiplies by the dropout factor of the stored index.
-template <class T, bool kContiguousK_, bool kDropout = false>
-struct Operand {
-    static constexpr bool kContiguousK = kContiguousK_;
-    const T* __restrict__ data;
-    int ld;
-    float dropout_p;
-    lk_u64 seed;
-
-    LK_DEVICE float operator()(int row, int k) const {
-        const int index = kContiguousK ? row * ld + k : k * ld + row;
-        float value = lk_load(data + index);
-        if (kDropout) value *= lk_dropout_factor(seed, (lk_u64)index, dropout_p);
-        return value;
-    }
-};
-
-template <class T, bool kContiguousK>
-LK_DEVICE Operand<T, kContiguousK> lk_operand(const T* data, int ld) {
-    return Operand<T, kContiguousK>{data, ld, 0.0f, 0ull};
-}
-
+// ---- the tile engine (tile_engine.cuh) with a quantized-weight operand ---------------------------
 // deq(W) as an operand; W is stored [out, in] with ld = in. kContiguousK: K is `in` (x deq(W)ᵀ),
 // else K is `out` (dy deq(W)).
 template <bool kContiguousK_>
@@ -384,60 +239,6 @@ struct QuantOperand {
         return lk_quant_weight(q, kContiguousK ? row * ld + k : k * ld + row);
     }
 };
-
-template <int kRows, class Op>
-LK_DEVICE void lk_tile_stage(float (*tile)[kTileStride], const Op& op, int r0, int rows, int k0, int K) {
-    constexpr int kPerThread = kRows * kTileK / kTileThreads;
-#pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-        const int idx = (int)threadIdx.x + i * kTileThreads;
-        const int kk = Op::kContiguousK ? idx % kTileK : idx / kRows;
-        const int rr = Op::kContiguousK ? idx / kTileK : idx % kRows;
-        const int row = r0 + rr, k = k0 + kk;
-        tile[kk][rr] = (row < rows && k < K) ? op(row, k) : 0.0f;
-    }
-}
-
-// acc[i][j] += Σ_k a(m0 + ty + 16i, k) · b(n0 + tx + 16j, k) over k in [0, K); call from all threads.
-template <class OpA, class OpB>
-LK_DEVICE void lk_tile_reduce(float (&acc)[kTilePerThread][kTilePerThread], const OpA& a, const OpB& b, int K,
-                              int m0, int M, int n0, int N, float (*tile_a)[kTileStride],
-                              float (*tile_b)[kTileStride]) {
-    const int tx = (int)threadIdx.x % kTileSide, ty = (int)threadIdx.x / kTileSide;
-    for (int k0 = 0; k0 < K; k0 += kTileK) {
-        lk_tile_stage<kTileM>(tile_a, a, m0, M, k0, K);
-        lk_tile_stage<kTileN>(tile_b, b, n0, N, k0, K);
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < kTileK; ++kk) {
-            float av[kTilePerThread], bv[kTilePerThread];
-#pragma unroll
-            for (int i = 0; i < kTilePerThread; ++i) av[i] = tile_a[kk][ty + kTileSide * i];
-#pragma unroll
-            for (int j = 0; j < kTilePerThread; ++j) bv[j] = tile_b[kk][tx + kTileSide * j];
-#pragma unroll
-            for (int i = 0; i < kTilePerThread; ++i)
-#pragma unroll
-                for (int j = 0; j < kTilePerThread; ++j) acc[i][j] += av[i] * bv[j];
-        }
-        __syncthreads();
-    }
-}
-
-template <class F>
-LK_DEVICE void lk_tile_for_each(float (&acc)[kTilePerThread][kTilePerThread], int m0, int M, int n0, int N,
-                                const F& f) {
-    const int tx = (int)threadIdx.x % kTileSide, ty = (int)threadIdx.x / kTileSide;
-#pragma unroll
-    for (int i = 0; i < kTilePerThread; ++i) {
-        const int m = m0 + ty + kTileSide * i;
-#pragma unroll
-        for (int j = 0; j < kTilePerThread; ++j) {
-            const int n = n0 + tx + kTileSide * j;
-            if (m < M && n < N) f(m, n, acc[i][j]);
-        }
-    }
-}
 
 // ---- forward, tiled ---------------------------------------------------------------------------------
 // y = [u | x]·[B | deq(W)]ᵀ: u Bᵀ first (r = 0: nothing), times scale, then x deq(W)ᵀ, bias in the
@@ -489,19 +290,10 @@ LK_DEVICE void lk_nf4_grad_x(const T* dy, const lk_u8* codes, const float* absma
     lk_tile_for_each(acc, m0, M, n0, in, [&](int m, int k, float v) { lk_store(dx + m * in + k, v); });
 }
 
-// ---- forward, decode (M <= 16) --------------------------------------------------------------------
-// One 256-thread block per SM (grid <= SM count), hence __launch_bounds__(256, 1); accumulators
-// are sized for kDecodeMaxM and a smaller M leaves some idle (warp-uniform exits), so one
-// instantiation serves every M, as in lora.cu.
-constexpr int kDecodeThreads = 256;
-constexpr int kDecodeWarps = kDecodeThreads / 32;
-constexpr int kDecodeMaxM = 16;
-constexpr int kDecodeChunk = 2048;     // x columns staged per pass: 16 x 2048 fp32 = 128 KiB
-constexpr int kDecodeRowsPerWarp = 2;  // W rows a warp streams together
-constexpr int kDecodeXAlign = 8;       // staged x row stride multiple: 32 bytes
+// ---- forward, decode (M <= 16): the decode engine (decode_engine.cuh) over 4-bit rows ---------------
 constexpr int kDecodeGroup = 32;       // weights per 16-byte code load
-constexpr int kDecodeTableWords = 16 + 256;
-static_assert(kDecodeChunk % kDecodeGroup == 0 && kDecodeChunk % 32 == 0, "chunks hold whole groups and mask words");
+constexpr int kDecodeTableWords = kLkQuantTableWords;  // the layout's table prefix: code table, dynamic map
+static_assert(kDecodeChunk % kDecodeGroup == 0, "chunks hold whole groups");
 static_assert(kDecodeTableWords % 4 == 0, "x stays 16-byte aligned after the tables");
 
 struct alignas(16) Codes16 {
@@ -510,88 +302,6 @@ struct alignas(16) Codes16 {
 struct alignas(16) Float4 {
     float v[4];
 };
-
-// The decode kernel's dynamic shared memory, carved identically here and by the launchers
-// (GpuBackend.Nf4.cs, tests/native/parity): all 4-byte words, in this order:
-//   lut   [16]              code table of quant_type
-//   dyn8  [256]             dynamic map (filled only when nested)
-//   x     [M][x_stride]     fp32, x_stride = round_up(min(in, kDecodeChunk), 8)
-//   mask  [M][mask_words]   dropout keep bits of the staged x, mask_words = ceil(x_stride / 32)
-//   u     [M][r]            fp32 sums of dropout(x) Aᵀ
-//   ypart [M][rows]         fp32 sums of x deq(W)ᵀ for the block's rows, rows = ceil(out / gridDim.x)
-struct DecodeLayout {
-    int x_stride, mask_words, rows_per_block;
-    float* lut;
-    float* dyn8;
-    float* x;
-    lk_u32* mask;
-    float* u;
-    float* ypart;
-};
-
-LK_DEVICE DecodeLayout lk_decode_layout(int M, int in, int out, int r) {
-    DecodeLayout s;
-    s.x_stride = lk_ceil_div(lk_min(in, kDecodeChunk), kDecodeXAlign) * kDecodeXAlign;
-    s.mask_words = lk_ceil_div(s.x_stride, 32);
-    s.rows_per_block = lk_ceil_div(out, (int)gridDim.x);
-    s.lut = lk_dynamic_shared<float>();
-    s.dyn8 = s.lut + 16;
-    s.x = s.lut + kDecodeTableWords;
-    s.mask = reinterpret_cast<lk_u32*>(s.x + M * s.x_stride);
-    s.u = reinterpret_cast<float*>(s.mask + M * s.mask_words);
-    s.ypart = s.u + M * r;
-    return s;
-}
-
-// Finishes a warp's per-(row, token) partial sums: one warp reduction each, lane 0 adds the total
-// to dst[m·dst_m_stride + row - lo]. Rows at or past hi (the clamped tail of a pair) are skipped.
-template <int R>
-LK_DEVICE void lk_decode_flush(float (&acc)[R][kDecodeMaxM], int g, int lo, int hi, int M, float* dst,
-                               int dst_m_stride) {
-    const int lane = (int)threadIdx.x & 31;
-#pragma unroll
-    for (int rr = 0; rr < R; ++rr) {
-        if (g + rr >= hi) break;  // warp-uniform
-#pragma unroll
-        for (int m = 0; m < kDecodeMaxM; ++m) {
-            if (m >= M) break;
-            const float sum = lk_warp_sum(acc[rr][m]);
-            if (lane == 0) dst[m * dst_m_stride + g + rr - lo] += sum;
-        }
-    }
-}
-
-// For rows [lo, hi) of a row-major [*, in] matrix (this chunk's columns c0 .. c0+cols) read
-// through load(row, column), adds Σ_k load(row, c0+k)·x̃[m][k] to dst[m·dst_m_stride + row - lo],
-// x̃ being the staged x times its keep factor when kMasked. Lanes stride the columns one element
-// at a time (coalesced for dense rows; single bytes for codes).
-template <bool kMasked, class Load>
-LK_DEVICE void lk_decode_rows_scalar(const Load& load, int lo, int hi, int c0, int cols, const DecodeLayout& s,
-                                     float keep, int M, float* dst, int dst_m_stride) {
-    constexpr int R = kDecodeRowsPerWarp;
-    const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5;
-    for (int g = lo + warp * R; g < hi; g += kDecodeWarps * R) {
-        float acc[R][kDecodeMaxM];
-#pragma unroll
-        for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-            for (int m = 0; m < kDecodeMaxM; ++m) acc[rr][m] = 0.0f;
-        for (int k = lane; k < cols; k += 32) {
-            float w[R];
-#pragma unroll
-            for (int rr = 0; rr < R; ++rr) w[rr] = load(lk_min(g + rr, hi - 1), c0 + k);  // clamp: no OOB
-#pragma unroll
-            for (int m = 0; m < kDecodeMaxM; ++m) {
-                if (m >= M) break;
-                float xv = s.x[m * s.x_stride + k];
-                if (kMasked) xv *= ((s.mask[m * s.mask_words + (k >> 5)] >> (k & 31)) & 1u) ? keep : 0.0f;
-#pragma unroll
-                for (int rr = 0; rr < R; ++rr) acc[rr][m] += w[rr] * xv;
-            }
-        }
-        lk_decode_flush<R>(acc, g, lo, hi, M, dst, dst_m_stride);
-    }
-}
 
 // The quantized rows [lo, hi) with 16-byte code loads: requires in % 32 == 0 and 16-byte aligned
 // codes, so each lane's group of 32 weights starts a 16-byte vector and lies in one quantization
@@ -671,13 +381,6 @@ LK_DEVICE void lk_decode_quant_rows_vec(const QuantView& q, int in, int lo, int 
     }
 }
 
-template <class T>
-struct DenseRows {
-    const T* __restrict__ data;
-    int ld;
-    LK_DEVICE float operator()(int row, int column) const { return lk_load(data + row * ld + column); }
-};
-
 struct QuantRows {
     QuantView q;
     int ld;
@@ -695,41 +398,21 @@ LK_DEVICE void lk_nf4_forward_decode(const T* x, const lk_u8* codes, const float
                                      float* u, int M, int in, int out, int r, int blocksize, int quant_type,
                                      float scale, float dropout_p, lk_u64 seed) {
     if (M > kDecodeMaxM) __trap();  // the launcher routes M > 16 to the tiled kernels; reaching here is its bug
-    const DecodeLayout s = lk_decode_layout(M, in, out, r);
-    const int tid = (int)threadIdx.x;
+    const DecodeLayout s = lk_decode_layout(M, in, out, r, kDecodeTableWords);
+    float* const lut = s.tables;
+    float* const dyn8 = s.tables + 16;
     const int row_begin = (int)blockIdx.x * s.rows_per_block;
     const int row_end = lk_min(out, row_begin + s.rows_per_block);
-    const int rows = lk_max(row_end - row_begin, 0);
     const float keep = dropout_p > 0.0f ? 1.0f / (1.0f - dropout_p) : 1.0f;  // as lk_dropout_factor
-    const QuantView q{codes, absmax, qabsmax, absmax2, offset, lk_log2(blocksize), s.lut, s.dyn8};
+    const QuantView q{codes, absmax, qabsmax, absmax2, offset, lk_log2(blocksize), lut, dyn8};
     const bool vectorized = in % kDecodeGroup == 0 && (reinterpret_cast<lk_u64>(codes) & 15ull) == 0;
 
-    lk_load_tables(s.lut, s.dyn8, quant_type, absmax == nullptr, kDecodeThreads);
-    for (int i = tid; i < M * r; i += kDecodeThreads) s.u[i] = 0.0f;
-    for (int i = tid; i < M * s.rows_per_block; i += kDecodeThreads) s.ypart[i] = 0.0f;
+    lk_load_tables(lut, dyn8, quant_type, absmax == nullptr, kDecodeThreads);
+    lk_decode_zero(s, M, r);
     for (int c0 = 0; c0 < in; c0 += kDecodeChunk) {
         const int cols = lk_min(kDecodeChunk, in - c0);
-        const int words = lk_ceil_div(cols, 32);
         __syncthreads();  // tables and zeroed sums are visible; the previous chunk's readers are done
-        for (int i = tid; i < M * cols; i += kDecodeThreads) {
-            const int m = i / cols, k = i - m * cols;
-            s.x[m * s.x_stride + k] = lk_load(x + m * in + c0 + k);
-        }
-        if (r > 0) {
-            for (int i = tid; i < M * words; i += kDecodeThreads) {
-                const int m = i / words, word = i - m * words;
-                lk_u32 bits = 0xffffffffu;
-                if (dropout_p > 0.0f) {
-                    bits = 0u;
-                    for (int b = 0; b < 32; ++b) {
-                        const int k = word * 32 + b;
-                        if (k < cols && lk_dropout_uniform(seed, (lk_u64)(m * in + c0 + k)) >= dropout_p)
-                            bits |= 1u << b;
-                    }
-                }
-                s.mask[m * s.mask_words + word] = bits;
-            }
-        }
+        lk_decode_stage(x, M, in, c0, cols, s, r > 0, dropout_p, seed);
         __syncthreads();
         if (r > 0) lk_decode_rows_scalar<true>(DenseRows<T>{A, in}, 0, r, c0, cols, s, keep, M, s.u, r);
         if (vectorized)
@@ -739,16 +422,7 @@ LK_DEVICE void lk_nf4_forward_decode(const T* x, const lk_u8* codes, const float
                                          s.rows_per_block);
     }
     __syncthreads();
-    for (int i = tid; i < M * rows; i += kDecodeThreads) {
-        const int m = i / rows, local = i - m * rows, n = row_begin + local;
-        float lora = 0.0f;
-        for (int j = 0; j < r; ++j) lora += s.u[m * r + j] * lk_load(B + n * r + j);
-        float v = s.ypart[m * s.rows_per_block + local] + scale * lora;
-        if (bias) v += lk_load(bias + n);
-        lk_store(y + m * out + n, v);
-    }
-    if (blockIdx.x == 0)
-        for (int i = tid; i < M * r; i += kDecodeThreads) u[i] = s.u[i];
+    lk_decode_epilogue(s, bias, B, y, u, M, out, r, scale, row_begin, lk_max(row_end - row_begin, 0));
 }
 
 }  // namespace

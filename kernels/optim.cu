@@ -16,9 +16,10 @@
 // coefficient setup is a handful of double operations, negligible next to the loop.
 // Assumptions: none on alignment; n >= 0; param, grad, m, v do not overlap.
 #include "common.cuh"
+#include "launch_geometry.cuh"
 
 namespace {
-constexpr int kOptimThreads = 256;
+constexpr int kOptimThreads = kElementwiseThreads;  // the element-wise geometry (launch_geometry.cuh)
 static_assert(kOptimThreads % 32 == 0, "whole warps");
 }  // namespace
 

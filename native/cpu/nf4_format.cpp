@@ -40,10 +40,9 @@ namespace {
 
 QuantTables build_tables() {
     QuantTables t;
-    for (int i = 0; i < 16; ++i) t.nf4[i] = float_from_bits(kNf4Bits[i]);
-    for (int i = 0; i < 15; ++i) t.nf4_thresholds[i] = float_from_bits(kNf4ThresholdBits[i]);
-    for (int i = 0; i < 16; ++i) t.fp4[i] = float_from_bits(kFp4Bits[i]);
-    for (int i = 0; i < 256; ++i) t.dynamic_signed[i] = float_from_bits(kDynamicSignedBits[i]);
+    for (int i = 0; i < 16; ++i) t.nf4[i] = float_from_bits(lk_nf4_code_bits[i]);
+    for (int i = 0; i < 16; ++i) t.fp4[i] = float_from_bits(lk_fp4_code_bits[i]);
+    for (int i = 0; i < 256; ++i) t.dynamic_signed[i] = float_from_bits(lk_dynamic_signed_bits[i]);
     return t;
 }
 
@@ -52,56 +51,11 @@ const QuantTables g_tables = build_tables();
 // bnb's CPU backend clamps absmax to at least this before taking the reciprocal.
 constexpr float kMinAbsmax = 1e-38f;
 
-uint8_t quantize_nf4(float x, const float* thresholds) {
-    int code = 0;
-    for (int t = 0; t < 15; ++t) code += x > thresholds[t] ? 1 : 0;
-    return (uint8_t)code;
-}
-
-uint8_t quantize_fp4(float x) {
-    const float a = std::fabs(x);
-    uint8_t bits;
-    if (a > float_from_bits(kFp4Split)) {
-        if (a > float_from_bits(kFp4SplitHigh))
-            bits = a > float_from_bits(kFp4Top) ? 0b011 : 0b010;
-        else
-            bits = a > float_from_bits(kFp4MidHigh) ? 0b101 : 0b100;
-    } else {
-        if (a > float_from_bits(kFp4SplitLow))
-            bits = a > float_from_bits(kFp4MidLow) ? 0b111 : 0b110;
-        else
-            bits = a > float_from_bits(kFp4Bottom) ? 0b001 : 0b000;
-    }
-    return x < 0.0f ? (uint8_t)(bits | 0b1000) : bits;
-}
-
-// bnb's dQuantize<0> (csrc/kernels.cu) over the sorted 256-entry code, reproduced step for step
-// so ties resolve as bnb's do.
-uint8_t quantize_dynamic(const float* code, float x) {
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float val = code[pivot];
-    for (int step = 64; step > 0; step >>= 1) {
-        if (x > val) {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += step;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= step;
-        }
-        val = code[pivot];
-    }
-    if (upper_pivot == 255) upper = code[upper_pivot];
-    if (lower_pivot == 0) lower = code[lower_pivot];
-    if (x > val) {
-        const float midpoint = (upper + val) * 0.5f;
-        return (uint8_t)(x > midpoint ? upper_pivot : pivot);
-    }
-    const float midpoint = (lower + val) * 0.5f;
-    return (uint8_t)(x < midpoint ? lower_pivot : pivot);
-}
+// A dynamic map held as floats (the table lk_dynamic_encode searches).
+struct FloatCode {
+    const float* values;
+    float operator()(int i) const { return values[i]; }
+};
 
 // Pairwise fp32 sum: runs of at most 8 left to right, the two halves added recursively.
 float pairwise_sum(const float* a, int64_t n) {
@@ -116,18 +70,13 @@ float pairwise_sum(const float* a, int64_t n) {
 
 // The first index of a NaN or Inf in a[n], or -1.
 int64_t first_non_finite(const float* a, int64_t n) {
-    int64_t first = n;
-    const int threads = elementwise_threads(n);
-#pragma omp parallel for schedule(static) reduction(min \
-                                                    : first) num_threads(threads) if (threads > 1)
-    for (int64_t i = 0; i < n; ++i)
-        if (!std::isfinite(a[i]) && i < first) first = i;
-    return first < n ? first : -1;
+    int64_t index = -1;
+    lk_cpu_first_nonfinite(n, a, &index);  // cannot fail: n >= 0 and a non-null when n > 0
+    return index;
 }
 
 void quantize(int32_t quant_type, int64_t n, int64_t blocksize, const float* w, uint8_t* codes,
               float* absmax) {
-    const QuantTables& tables = quant_tables();
     const int64_t nblocks = ceil_div64(n, blocksize);
     const int threads = elementwise_threads(n);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
@@ -139,14 +88,12 @@ void quantize(int32_t quant_type, int64_t n, int64_t blocksize, const float* w, 
         const float recip = 1.0f / std::max(amax, kMinAbsmax);
         auto code_of = [&](float v) {
             const float x = v * recip;
-            return quant_type == LK_QUANT_NF4 ? quantize_nf4(x, tables.nf4_thresholds)
-                                              : quantize_fp4(x);
+            return lk_encode_4bit(x, quant_type);
         };
         int64_t e = lo;
         for (; e + 1 < hi; e += 2) codes[e / 2] = (uint8_t)(code_of(w[e]) << 4 | code_of(w[e + 1]));
         if (e < hi) {  // odd n: the last element, padded with the code of 0.0
-            const uint8_t zero_code = quant_type == LK_QUANT_NF4 ? 7 : 0;
-            codes[e / 2] = (uint8_t)(code_of(w[e]) << 4 | zero_code);
+            codes[e / 2] = (uint8_t)(code_of(w[e]) << 4 | lk_zero_code(quant_type));
         }
     }
 }
@@ -203,7 +150,7 @@ void double_quantize(int64_t nblocks, const float* absmax, uint8_t* qabsmax, flo
         }
         const float recip = 1.0f / amax2;
         for (int64_t b = lo; b < hi; ++b)
-            qabsmax[b] = quantize_dynamic(code, (absmax[b] - mean) * recip);
+            qabsmax[b] = (uint8_t)lk_dynamic_encode((absmax[b] - mean) * recip, FloatCode{code});
     }
 }
 

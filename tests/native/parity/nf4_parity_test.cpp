@@ -10,6 +10,7 @@
 // Weights are quantized by the CPU once per case, so the matmul cases test the consumers on
 // identical codes and statistics.
 #include "parity.h"
+#include "quant_codes.cuh"
 
 namespace {
 
@@ -23,7 +24,7 @@ using parity::Near;
 constexpr uint32_t kQuantizeThreads = 256;  // 8 warps, one quantization block each
 constexpr int kQuantizeBlocksPerLaunchBlock = 8;
 constexpr uint32_t kNestedThreads = 256;    // one thread per first-level absmax of a nested block
-constexpr int kDecodeTableWords = 16 + 256;
+constexpr int kDecodeTableWords = kLkQuantTableWords;  // kernels/quant_codes.cuh
 constexpr int kMultiprocessors = 4;         // what SimtKernelDevice reports
 
 // GpuBackend.Nf4DecodeGeometry: lora's decode geometry with the 272 table words in front.

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "launch_geometry.cuh"
 #include "lora_kernels.h"
 
 namespace parity {
@@ -36,16 +37,17 @@ template <class... Args>
     return ::testing::AssertionFailure() << kernel << " failed: " << lk_status_name(status) << ": " << message;
 }
 
-// ---- the C# launchers' geometry (GpuBackend.Lora.cs, GpuBackend.Elementwise.cs) -------------------
-constexpr int kTile = 64;
-constexpr uint32_t kTileThreads = 256;
-constexpr uint32_t kDecodeThreads = 256;
-constexpr int kDecodeMaxTokens = 16;
-constexpr int kDecodeChunk = 2048;
-constexpr int kDecodeXAlign = 8;
-constexpr int kDecodeRowsPerPass = 16;
-constexpr uint32_t kElementwiseThreads = 256;
-constexpr int kElementwiseBlocksPerMultiprocessor = 8;
+// ---- the C# launchers' geometry (Backends/Gpu), from the constants in kernels/launch_geometry.cuh ---
+using ::kDecodeChunk;
+using ::kDecodeThreads;
+using ::kDecodeXAlign;
+using ::kElementwiseThreads;
+using ::kTileThreads;
+constexpr int kTile = kTileM;
+static_assert(kTileM == kTileN, "square tiles: one tile size for rows and columns");
+constexpr int kDecodeMaxTokens = kDecodeMaxM;
+constexpr int kDecodeRowsPerPass = kDecodeWarps * kDecodeRowsPerWarp;
+constexpr int kElementwiseBlocksPerMultiprocessor = kElementwiseBlocksPerSm;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) {
     return (a + b - 1) / b;

@@ -1,0 +1,29 @@
+// launch_geometry.cuh: the shared engines' launch constants, the one place they are written.
+//
+// The tile engine (tile_engine.cuh) and the decode engine (decode_engine.cuh) read them, and so do
+// the emulator parity tests (tests/native/parity/parity.h includes this file, in host mode). The
+// C# launchers (Backends/Gpu) cannot include C++; KernelConstantsTests reads every `constexpr int`
+// of kernels/ and compares it with the launchers' constants, so a change here that the launchers
+// miss fails the tests.
+#pragma once
+
+#include "common.cuh"
+
+// ---- tile engine: one 64 x 64 output tile per 256-thread block ------------------------------------
+constexpr int kTileM = 64;         // output rows per block
+constexpr int kTileN = 64;         // output columns per block
+constexpr int kTileK = 16;         // reduction depth staged per shared-memory pass
+constexpr int kTileThreads = 256;  // 16 x 16 threads, each owning a 4 x 4 sub-tile
+
+// ---- decode engine (M <= kDecodeMaxM tokens): one 256-thread block per SM -------------------------
+constexpr int kDecodeThreads = 256;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kDecodeMaxM = 16;
+constexpr int kDecodeChunk = 2048;     // x columns staged per pass: 16 x 2048 fp32 = 128 KiB
+constexpr int kDecodeRowsPerWarp = 2;  // weight rows a warp streams together (x reuse vs registers)
+constexpr int kDecodeXAlign = 8;       // staged x row stride multiple: 32 bytes, any vector width
+
+// ---- element-wise geometry: grid-stride loops, the grid capped at a few blocks per SM ------------
+// (kernels/elementwise.cu, optim.cu, nf4.cu's dequantize and the families' element-wise kernels)
+constexpr int kElementwiseThreads = 256;
+constexpr int kElementwiseBlocksPerSm = 8;  // enough resident warps to saturate memory; the loop covers the rest
