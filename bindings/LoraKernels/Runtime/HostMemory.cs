@@ -35,7 +35,7 @@ internal static unsafe class HostMemory
 
     private static byte* Pointer(DeviceBuffer buffer, long offset, long bytes, string paramName)
     {
-        if (buffer is not HostBuffer) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
+        if (buffer is not (HostBuffer or IO.MappedFileBuffer)) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
         ObjectDisposedException.ThrowIf(buffer.IsDisposed, buffer);
         BufferRange.Check(buffer, offset, bytes, paramName);
         return (byte*)buffer.Address + offset;
