@@ -13,7 +13,6 @@
 // memory, holds them in between). The output is written atomically; the spill file is deleted.
 using System.Buffers;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using LoraKernels.IO.Peft;
 using LoraKernels.Layers;
 using LoraKernels.Ops;
@@ -75,8 +74,7 @@ public static class AdapterMerge
         var plan = Plan(baseModel, adapter);
 
         VeraProjections? projections = null;
-        string spillPath = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(outputPath))!,
-                                        $".{Path.GetFileName(outputPath)}.{Environment.ProcessId}.{Guid.NewGuid():N}.spill");
+        using var spill = new SpillFile(outputPath);
         var modules = new List<MergedModule>();
         try
         {
@@ -86,11 +84,11 @@ public static class AdapterMerge
                 projections = VeraProjections.Create(device, adapter.Config.Rank, (int)veraA.Shape[1], (int)veraB.Shape[0], (ulong)adapter.Config.ProjectionPrngKey);
                 adapter.CopyProjections([projections]);
             }
-            Dictionary<string, Spilled> spilled = MergeQuantized(baseModel, adapter, plan, device, projections, spillPath, modules, options.Progress);
+            MergeQuantized(baseModel, adapter, plan, device, projections, spill, modules, options.Progress);
 
             var writer = new SafeTensorsWriter(baseModel.Metadata);
             int copied = 0, replaced = 0, done = 0;
-            long bytesDone = 0, bytesTotal = baseModel.Tensors.Sum(t => spilled.TryGetValue(t.Name, out Spilled? s) ? s.Length : t.ByteLength);
+            long bytesDone = 0, bytesTotal = baseModel.Tensors.Sum(t => spill.Contains(t.Name) ? spill.Length(t.Name) : t.ByteLength);
             foreach (SafeTensorInfo info in baseModel.Tensors)
             {
                 long length = info.ByteLength;
@@ -100,10 +98,10 @@ public static class AdapterMerge
                     bytesDone += length;
                     options.Progress?.Report(new MergeProgress("write", name, done, baseModel.Tensors.Count, bytesDone, bytesTotal));
                 }
-                if (spilled.TryGetValue(info.Name, out Spilled? spill))
+                if (spill.Contains(info.Name))
                 {
-                    length = spill.Length;
-                    writer.Add(info.Name, spill.DType, spill.Shape, stream => { CopyRange(spillPath, spill.Offset, spill.Length, stream); Report(info.Name); });
+                    length = spill.Length(info.Name);
+                    spill.AddTo(writer, info.Name, () => Report(info.Name));
                 }
                 else if (plan.Dense.TryGetValue(info.Name, out PeftModule? module))
                 {
@@ -131,13 +129,6 @@ public static class AdapterMerge
         finally
         {
             projections?.Dispose();
-            try
-            {
-                File.Delete(spillPath);
-            }
-            catch (IOException)
-            {
-            }
         }
     }
 
@@ -187,17 +178,10 @@ public static class AdapterMerge
                 $"the base weight \"{key}\" is {described}{(fanInFanOut ? " (fan_in_fan_out: [in, out])" : "")} but the adapter's tensors are for [out, in] = [{module.OutFeatures}, {(module.InFeatures == 0 ? "?" : module.InFeatures)}]");
     }
 
-    /// <summary>A tensor's bytes in the spill file, and its dtype and shape in the output.</summary>
-    private sealed record Spilled(SafeTensorDType DType, long[] Shape, long Offset, long Length);
-
     /// <summary>Dequantizes, merges and requantizes each 4-bit module, one at a time, into the spill file.</summary>
-    private static Dictionary<string, Spilled> MergeQuantized(SafeTensorsFile baseModel, PeftAdapter adapter, MergePlan plan, Device device,
-                                                              VeraProjections? projections, string spillPath, List<MergedModule> report,
-                                                              IProgress<MergeProgress>? progress)
+    private static void MergeQuantized(SafeTensorsFile baseModel, PeftAdapter adapter, MergePlan plan, Device device,
+                                       VeraProjections? projections, SpillFile spill, List<MergedModule> report, IProgress<MergeProgress>? progress)
     {
-        var spilled = new Dictionary<string, Spilled>(StringComparer.Ordinal);
-        if (plan.Quantized.Count == 0) return spilled;
-        using var spill = new FileStream(spillPath, FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 16, FileOptions.None);
         int done = 0;
         foreach (PeftModule module in plan.Quantized)
         {
@@ -222,21 +206,9 @@ public static class AdapterMerge
             if (!exported.Select(t => t.Key).Order(StringComparer.Ordinal).SequenceEqual(expectedKeys))
                 throw new AdapterMismatchException(module.Path,
                     $"the base's 4-bit state holds {string.Join(", ", expectedKeys)}; the requantized state would hold {string.Join(", ", exported.Select(t => t.Key))}");
-            foreach (StateTensor tensor in exported)
-            {
-                ReadOnlySpan<byte> bytes = tensor.Data switch
-                {
-                    byte[] raw => raw,
-                    float[] floats => MemoryMarshal.AsBytes(floats.AsSpan()),
-                    _ => throw new InvalidOperationException($"{tensor.Key}: unexpected state data {tensor.Data.GetType().Name}"),
-                };
-                spilled[tensor.Key] = new Spilled(Enum.Parse<SafeTensorDType>(tensor.DType), tensor.Shape, spill.Position, bytes.Length);
-                spill.Write(bytes);
-            }
+            spill.Add(exported);
             progress?.Report(new MergeProgress("requantize", prefix, ++done, plan.Quantized.Count, 0, 0));
         }
-        spill.Flush();
-        return spilled;
     }
 
     /// <summary>Merges one dense module and writes the merged weight in the base's dtype and layout.</summary>
@@ -272,7 +244,7 @@ public static class AdapterMerge
         return max;
     }
 
-    private static QuantizationError ErrorOf(float[] approximation, float[] exact)
+    internal static QuantizationError ErrorOf(float[] approximation, float[] exact)
     {
         double sumSquares = 0, reference = 0, max = 0;
         for (int i = 0; i < exact.Length; i++)
@@ -307,7 +279,7 @@ public static class AdapterMerge
         }
     }
 
-    private static void CopyTensor(SafeTensorsFile file, SafeTensorInfo info, Stream output)
+    internal static void CopyTensor(SafeTensorsFile file, SafeTensorInfo info, Stream output)
     {
         byte[] staging = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkBytes, Math.Max(info.ByteLength, 1)));
         try
@@ -317,26 +289,6 @@ public static class AdapterMerge
                 Span<byte> bytes = staging.AsSpan(0, (int)Math.Min(ChunkBytes, info.ByteLength - done));
                 file.ReadBytes(info.Name, done, bytes);
                 output.Write(bytes);
-            }
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(staging);
-        }
-    }
-
-    private static void CopyRange(string path, long offset, long length, Stream output)
-    {
-        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
-        byte[] staging = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkBytes, Math.Max(length, 1)));
-        try
-        {
-            for (long done = 0; done < length;)
-            {
-                int read = RandomAccess.Read(handle, staging.AsSpan(0, (int)Math.Min(ChunkBytes, length - done)), offset + done);
-                if (read == 0) throw new EndOfStreamException($"The spill file {path} ended early.");
-                output.Write(staging.AsSpan(0, read));
-                done += read;
             }
         }
         finally
