@@ -42,6 +42,8 @@ public sealed record QuantizationError(double MaxAbs, double Rms, double Relativ
 /// <param name="Module">Its path.</param>
 /// <param name="Variant">The adapter's variant.</param>
 /// <param name="BaseFormat">The base weight's storage: "F32", "F16", "BF16", or "NF4"/"FP4" (with " (nested)").</param>
+/// <param name="OutFeatures">out of the merged weight.</param>
+/// <param name="InFeatures">in of the merged weight.</param>
 /// <param name="MaxChange">max |W_merged − W0| over the weight (0 would mean the adapter did nothing).</param>
 /// <param name="Requantization">For a 4-bit base: the error the requantization added; null otherwise.</param>
 public sealed record MergedModule(string Module, string Variant, string BaseFormat, int OutFeatures, int InFeatures, double MaxChange,
