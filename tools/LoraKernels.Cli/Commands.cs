@@ -27,7 +27,7 @@ internal static class Commands
         foreach (VariantInfo info in Catalogue.Variants)
         {
             PeftFormat? peft = PeftFormats.All.FirstOrDefault(f => f.Variants.Contains(info.Name));
-            list.Add(new JsonObject
+            list.Add((JsonNode)new JsonObject
             {
                 ["name"] = info.Name, ["display_name"] = info.DisplayName, ["family"] = info.Family.ToString(),
                 ["paper"] = info.Paper.Title, ["year"] = info.Paper.Year, ["arxiv"] = info.Paper.ArxivId,

@@ -64,6 +64,18 @@ public static class PeftTargeting
     {
         ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(module);
+        try
+        {
+            return Targeted(config, module);
+        }
+        catch (RegexMatchTimeoutException)
+        {
+            throw config.Error("target_modules", $"a pattern matching \"{module}\" took longer than {RegexTimeout.TotalSeconds} s (a pathological regular expression?)");
+        }
+    }
+
+    private static bool Targeted(PeftConfig config, string module)
+    {
         if (config.ExcludeModules is { } exclude && exclude.Matches(module)) return false;
         if (config.TargetModules is not { } target) return false;
         if (!target.Matches(module)) return false;
