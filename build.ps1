@@ -4,6 +4,8 @@
 #   .\build.ps1 test            native tests (CTest) and C# tests (NUnit)
 #   .\build.ps1 run [ARGS]      the demo (--device cpu|simt|cuda)
 #   .\build.ps1 bench [ARGS]    the BenchmarkDotNet benchmarks
+#   .\build.ps1 pack [DIR]       the NuGet package (default out/packages), native DLLs under runtimes/win-x64/native/
+#   .\build.ps1 lora [ARGS]      the lora command
 #   .\build.ps1 gpu-bundle [DIR] self-contained win-x64 folder with the GPU tests and benchmarks
 #   .\build.ps1 clean
 #
@@ -39,6 +41,22 @@ function Build-Native {
     Invoke-Checked cmake @("--build", $NativeBuild, "--config", "Release", "-j", "$env:NUMBER_OF_PROCESSORS")
 }
 
+function New-Package([string]$Destination) {
+    Say "NuGet package ($Destination)"
+    Invoke-Checked dotnet @("pack", (Join-Path $Root "bindings/LoraKernels/LoraKernels.csproj"), "-c", "Release", "-o", $Destination, "-nologo")
+}
+
+# Builds samples/LoraKernels.Sample against the package just packed and runs it outside the repository.
+function Invoke-Sample {
+    $sample = Join-Path $Root "samples/LoraKernels.Sample"
+    foreach ($dir in @(".packages", "bin", "obj")) { $p = Join-Path $sample $dir; if (Test-Path $p) { Remove-Item -Recurse -Force $p } }
+    Invoke-Checked dotnet @("build", (Join-Path $sample "LoraKernels.Sample.csproj"), "-c", "Release", "-nologo")
+    $runDir = Join-Path ([System.IO.Path]::GetTempPath()) ("lorakernels-sample-" + [guid]::NewGuid())
+    Copy-Item -Recurse (Join-Path $sample "bin/Release/net10.0") $runDir
+    Push-Location $runDir
+    try { Invoke-Checked dotnet @("LoraKernels.Sample.dll") } finally { Pop-Location; Remove-Item -Recurse -Force $runDir }
+}
+
 function Build-DotNet {
     Say "C#: library, tests, demo, benchmarks (Release)"
     Invoke-Checked dotnet @("build", (Join-Path $Root "LoraKernels.sln"), "-c", "Release", "-nologo")
@@ -52,6 +70,17 @@ switch ($Command) {
         Invoke-Checked ctest @("--test-dir", $NativeBuild, "-C", "Release", "--output-on-failure")
         Say "C# tests (NUnit)"
         Invoke-Checked dotnet @("test", (Join-Path $Root "tests/LoraKernels.Tests/LoraKernels.Tests.csproj"), "-c", "Release", "--no-build", "-nologo")
+        New-Package (Join-Path $Root "out/packages")
+        Say "the sample project, from the package"
+        Invoke-Sample
+    }
+    "pack" {
+        Assert-Dependencies; Build-Native
+        New-Package $(if ($Rest.Count -gt 0) { $Rest[0] } else { Join-Path $Root "out/packages" })
+    }
+    "lora" {
+        Assert-Dependencies; Build-Native
+        Invoke-Checked dotnet (@("run", "--project", (Join-Path $Root "tools/LoraKernels.Cli"), "-c", "Release", "--") + $Rest)
     }
     "run" {
         Assert-Dependencies; Build-Native
@@ -76,5 +105,5 @@ switch ($Command) {
         foreach ($dir in @("build", "out")) { $p = Join-Path $Root $dir; if (Test-Path $p) { Remove-Item -Recurse -Force $p } }
         Get-ChildItem $Root -Recurse -Directory -Include bin, obj | Remove-Item -Recurse -Force
     }
-    default { throw "unknown command '$Command' (build | test | run | bench | gpu-bundle | clean)" }
+    default { throw "unknown command '$Command' (build | test | run | bench | pack | lora | gpu-bundle | clean)" }
 }

@@ -5,6 +5,8 @@
 #   ./build.sh test         run every test a machine without a GPU can run (CTest + ASan emulator tests + NUnit)
 #   ./build.sh run [ARGS]   run the demo (LoRA learns a hidden low-rank change); ARGS go to the demo (--device cpu|simt|cuda)
 #   ./build.sh bench [ARGS] run the BenchmarkDotNet benchmarks; ARGS go to BenchmarkDotNet
+#   ./build.sh pack [DIR]   the NuGet package LoraKernels.<version>.nupkg (default out/packages), native libraries included
+#   ./build.sh lora [ARGS]  the lora command (variants, inspect, merge, quantize, demo, bench); ARGS go to it
 #   ./build.sh gpu-bundle [DIR]  self-contained folder to copy to a Linux GPU machine without .NET (default out/gpu-bundle)
 #   ./build.sh clean        remove build outputs
 #
@@ -18,6 +20,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NATIVE_BUILD="$ROOT/build/native"
+PACKAGES="$ROOT/out/packages"
+SAMPLE="$ROOT/samples/LoraKernels.Sample"
 ASAN_BUILD="$ROOT/build/native-asan"
 JOBS=$(nproc 2>/dev/null || echo 2)
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
@@ -88,6 +92,35 @@ build_dotnet() {
     dotnet build "$ROOT/LoraKernels.sln" -c Release -nologo -v quiet -clp:ErrorsOnly
 }
 
+# The NuGet package into $1: the library, its XML docs, the README and the native libraries under
+# runtimes/linux-x64/native/ (checked in the package's zip directory, which stores names uncompressed).
+pack_package() {
+    local dest=$1 version nupkg lib
+    version=$(sed -n 's:.*<Version>\(.*\)</Version>.*:\1:p' "$ROOT/bindings/LoraKernels/LoraKernels.csproj" | head -n1)
+    say "NuGet package LoraKernels.$version.nupkg ($dest)"
+    mkdir -p "$dest"
+    dotnet pack "$ROOT/bindings/LoraKernels/LoraKernels.csproj" -c Release -o "$dest" -nologo -v quiet -clp:ErrorsOnly
+    nupkg="$dest/LoraKernels.$version.nupkg"
+    [ -f "$nupkg" ] || die "dotnet pack did not write $nupkg"
+    for lib in runtimes/linux-x64/native/libloraknl_cpu.so runtimes/linux-x64/native/libloraknl_simt.so lib/net10.0/LoraKernels.xml README.md; do
+        grep -aq "$lib" "$nupkg" || die "$nupkg lacks $lib"
+    done
+    echo "$nupkg: $(( $(stat -c %s "$nupkg") / 1024 )) KiB"
+}
+
+# Builds samples/LoraKernels.Sample against the package just packed (its own packages folder, so no
+# cached copy of the same version is used) and runs it from a folder outside the repository, so the
+# native libraries can only come from the package.
+run_sample() {
+    rm -rf "$SAMPLE/.packages" "$SAMPLE/bin" "$SAMPLE/obj"
+    dotnet build "$SAMPLE/LoraKernels.Sample.csproj" -c Release -nologo -v quiet -clp:ErrorsOnly
+    local run_dir
+    run_dir=$(mktemp -d)
+    cp -r "$SAMPLE/bin/Release/net10.0/." "$run_dir/"
+    (cd "$run_dir" && dotnet LoraKernels.Sample.dll)
+    rm -rf "$run_dir"
+}
+
 # Runs a test command, keeps its output in LOG_DIR/NAME.log and echoes it; fails as the command fails.
 run_logged() {
     local name=$1; shift
@@ -110,6 +143,10 @@ test_all() {
     say "C# tests (NUnit on Microsoft.Testing.Platform, selected by tests/global.json)"
     (cd "$ROOT/tests" && run_logged nunit dotnet test --project LoraKernels.Tests/LoraKernels.Tests.csproj -c Release --no-build)
 
+    say "NuGet package, and the sample project that installs it from a local folder feed and runs a LoRA forward"
+    pack_package "$PACKAGES"
+    run_logged sample run_sample
+
     # One closing line over all three runs, in the plain form CI counts.
     local passed=0 failed=0 skipped=0 n
     for log in ctest ctest-asan; do
@@ -121,6 +158,7 @@ test_all() {
     n=$(sed -nE 's/^ *succeeded: ([0-9]+).*/\1/p' "$LOG_DIR/nunit.log" | tail -n1); passed=$((passed + ${n:?no NUnit summary in $LOG_DIR/nunit.log}))
     n=$(sed -nE 's/^ *failed: ([0-9]+).*/\1/p' "$LOG_DIR/nunit.log" | tail -n1); failed=$((failed + ${n:-0}))
     n=$(sed -nE 's/^ *skipped: ([0-9]+).*/\1/p' "$LOG_DIR/nunit.log" | tail -n1); skipped=$((skipped + ${n:-0}))
+    grep -q '^sample: OK' "$LOG_DIR/sample.log" && passed=$((passed + 1)) || failed=$((failed + 1))
     echo "tests: $passed passed, $failed failed, $skipped skipped"
 }
 
@@ -159,9 +197,14 @@ case "$cmd" in
         dotnet run --project "$ROOT/benchmarks/LoraKernels.Benchmarks" -c Release -- "$@" ;;
     gpu-bundle)
         ensure_dependencies; build_native; gpu_bundle "$@" ;;
+    pack)
+        ensure_dependencies; build_native; pack_package "${1:-$PACKAGES}" ;;
+    lora)
+        ensure_dependencies; build_native
+        dotnet run --project "$ROOT/tools/LoraKernels.Cli" -c Release -- "$@" ;;
     clean)
-        rm -rf "$ROOT/build" "$ROOT/out"
+        rm -rf "$ROOT/build" "$ROOT/out" "$SAMPLE/.packages"
         find "$ROOT" -type d \( -name bin -o -name obj \) -prune -exec rm -rf {} + ;;
     *)
-        die "unknown command '$cmd' (build | test | run | bench | gpu-bundle | clean)" ;;
+        die "unknown command '$cmd' (build | test | run | bench | pack | lora | gpu-bundle | clean)" ;;
 esac

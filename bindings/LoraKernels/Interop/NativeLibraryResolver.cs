@@ -180,15 +180,41 @@ internal static class NativeLibraryResolver
     };
 
     // The project's own libraries are never taken from the system search: a stale copy elsewhere
-    // would silently run old kernels.
+    // would silently run old kernels. A NuGet package carries them in runtimes/<rid>/native/, which
+    // a RID-less build of a consuming app leaves under its output folder (not beside the assembly),
+    // so that folder is searched beside the app and beside LoraKernels.dll itself.
     private static Spec ProjectLibrary(string fileName) => new()
     {
         Description = fileName,
-        FileNames = [fileName],
+        FileNames = OperatingSystem.IsWindows()
+            ? [Path.ChangeExtension(fileName, ".dll"), Path.ChangeExtension(fileName, ".dll")[3..]]
+            : [fileName],
         IsCudaLibrary = false,
         UseSystemSearch = false,
-        Early = () => EnvironmentFolders("LORAKERNELS_NATIVE_DIR").Append(AppContext.BaseDirectory).Concat(BuildTreeFolders()),
+        Early = () => EnvironmentFolders("LORAKERNELS_NATIVE_DIR").Concat(PackageFolders()).Concat(BuildTreeFolders()),
     };
+
+    /// <summary>The app folder, the folder of LoraKernels.dll, and runtimes/&lt;rid&gt;/native under each.</summary>
+    private static IEnumerable<string> PackageFolders()
+    {
+        // Empty in a single-file app, whose libraries sit beside the app (AppContext.BaseDirectory) anyway.
+#pragma warning disable IL3000
+        string assemblyFolder = Path.GetDirectoryName(typeof(NativeLibraryResolver).Assembly.Location) ?? "";
+#pragma warning restore IL3000
+        var roots = new[] { AppContext.BaseDirectory, assemblyFolder }.Where(f => f.Length > 0).Distinct().ToList();
+        foreach (string root in roots) yield return root;
+        foreach (string rid in RuntimeIdentifiers())
+            foreach (string root in roots)
+                yield return Path.Combine(root, "runtimes", rid, "native");
+    }
+
+    /// <summary>The running RID ("linux-x64") and the portable one built from the OS and architecture, when they differ.</summary>
+    private static IEnumerable<string> RuntimeIdentifiers()
+    {
+        string os = OperatingSystem.IsWindows() ? "win" : OperatingSystem.IsMacOS() ? "osx" : "linux";
+        string portable = $"{os}-{RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant()}";
+        return new[] { RuntimeInformation.RuntimeIdentifier, portable }.Distinct();
+    }
 
     private static IEnumerable<string> EnvironmentFolders(string variable)
     {

@@ -40,7 +40,7 @@ internal static unsafe class HostMemory
     /// <summary>The host address of byte <paramref name="offset"/>, the buffer leased by <paramref name="leases"/>.</summary>
     private static byte* Pointer(BufferLeases leases, DeviceBuffer buffer, long offset, long bytes, string paramName)
     {
-        if (buffer is not HostBuffer) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
+        if (buffer is not (HostBuffer or IO.MappedFileBuffer)) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
         BufferRange.Check(buffer, offset, bytes, paramName);
         return (byte*)leases.Address(buffer) + offset;
     }

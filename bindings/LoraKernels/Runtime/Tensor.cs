@@ -17,7 +17,7 @@ public sealed class Tensor : IDisposable
     private readonly long[] _shape;
     private DeviceBuffer? _buffer;
 
-    private Tensor(Device device, DType dtype, long[] shape)
+    private Tensor(Device device, DType dtype, long[] shape, DeviceBuffer? buffer = null)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(shape);
@@ -36,7 +36,9 @@ public sealed class Tensor : IDisposable
         Device = device;
         DType = dtype;
         Shape = new ReadOnlyCollection<long>(_shape);
-        _buffer = device.Allocate(bytes);
+        if (buffer is not null && buffer.SizeInBytes != bytes)
+            throw new ArgumentException($"The buffer holds {buffer.SizeInBytes} bytes; a {dtype} tensor of shape [{string.Join(", ", _shape)}] needs {bytes}.", nameof(buffer));
+        _buffer = buffer ?? device.Allocate(bytes);
     }
 
     public IReadOnlyList<long> Shape { get; }
@@ -56,6 +58,12 @@ public sealed class Tensor : IDisposable
 
     /// <summary>A tensor whose contents are undefined.</summary>
     public static Tensor Empty(Device device, DType dtype, params long[] shape) => new(device, dtype, shape);
+
+    /// <summary>
+    /// A tensor over an existing buffer of <paramref name="device"/> holding exactly its bytes (a
+    /// memory-mapped view from IO/SafeTensorsFile), taking ownership of the buffer.
+    /// </summary>
+    internal static Tensor Wrap(Device device, DType dtype, long[] shape, DeviceBuffer buffer) => new(device, dtype, shape, buffer);
 
     public static Tensor Zeros(Device device, DType dtype, params long[] shape)
     {
