@@ -1,4 +1,5 @@
 using BenchmarkDotNet.Attributes;
+using LoraKernels.Families.Lora;
 using LoraKernels.Ops;
 
 namespace LoraKernels.Benchmarks;
@@ -97,7 +98,7 @@ public unsafe class CpuLoraBenchmarks
     }
 
     [Benchmark, BenchmarkCategory("Forward")]
-    public void FusedForwardInto() => Device.Cpu.Backend.LoraForward(_x, _w0, null, _a, _b, Scale, 0f, 0, _y, _uOut);
+    public void FusedForwardInto() => ILoraKernels.On(Device.Cpu).Forward(_x, _w0, null, _a, _b, Scale, 0f, 0, _y, _uOut);
 
     [Benchmark(Baseline = true), BenchmarkCategory("Backward")]
     public void OpenBlasBackward()
@@ -120,7 +121,7 @@ public unsafe class CpuLoraBenchmarks
     }
 
     [Benchmark, BenchmarkCategory("Backward")]
-    public void FusedBackwardInto() => Device.Cpu.Backend.LoraBackward(_x, _w0, _a, _b, _u, _dy, Scale, 0f, 0, _dx, _dA, _dB);
+    public void FusedBackwardInto() => ILoraKernels.On(Device.Cpu).Backward(_x, _w0, _a, _b, _u, _dy, Scale, 0f, 0, _dx, _dA, _dB);
 
     /// <summary>
     /// Runs the fused ops and the baseline once each and returns, per output, the largest

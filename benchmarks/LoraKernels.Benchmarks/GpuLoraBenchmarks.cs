@@ -1,4 +1,5 @@
 using BenchmarkDotNet.Attributes;
+using LoraKernels.Families.Lora;
 using LoraKernels.Ops;
 using LoraKernels.Runtime;
 
@@ -90,7 +91,7 @@ public class GpuLoraBenchmarks
     [Benchmark, BenchmarkCategory("Forward")]
     public void FusedForwardInto()
     {
-        _device.Backend.LoraForward(_x, _w0, null, _a, _b, Scale, 0f, 0, _yFused, _uFused);
+        ILoraKernels.On(_device).Forward(_x, _w0, null, _a, _b, Scale, 0f, 0, _yFused, _uFused);
         _device.Synchronize();
     }
 }

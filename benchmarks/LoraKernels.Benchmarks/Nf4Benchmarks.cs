@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Reports;
+using LoraKernels.Families.Qlora;
 using LoraKernels.Interop;
 using LoraKernels.Runtime;
 
@@ -90,13 +91,13 @@ public unsafe class Nf4Benchmarks
     [Benchmark]
     public void DequantizeThenSgemm()
     {
-        Device.Cpu.Backend.Dequantize4Bit(NextWeight(), _dequantized);
+        IQloraKernels.On(Device.Cpu).Dequantize(NextWeight(), _dequantized);
         Check.Cpu(NativeCpu.lk_cpu_sgemm(0, 1, M, Features, Features, 1f, _xPointer, Features, _dequantizedPointer, Features,
                                          0f, _yPointer, Features));
     }
 
     [Benchmark]
-    public void Nf4Matmul() => Device.Cpu.Backend.Nf4Matmul(_x, NextWeight(), null, _y);
+    public void Nf4Matmul() => IQloraKernels.On(Device.Cpu).Matmul(_x, NextWeight(), null, _y);
 
     private QuantizedWeight NextWeight() => _weights[_next++ % Copies];
 

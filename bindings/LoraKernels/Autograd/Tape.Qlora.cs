@@ -6,7 +6,7 @@ namespace LoraKernels.Autograd;
 
 public sealed partial class Tape
 {
-    /// <summary>Records y = layer(x): Ops.Nf4.QloraForward, with dropout when the layer is training.</summary>
+    /// <summary>Records y = layer(x): Ops.Qlora.Forward, with dropout when the layer is training.</summary>
     public Variable Qlora(QloraLinear layer, Variable x)
     {
         ArgumentNullException.ThrowIfNull(layer);
@@ -18,7 +18,7 @@ public sealed partial class Tape
         Parameter a = layer.A, b = layer.B;
         QuantizedWeight w = layer.Base.Weight;
 
-        var (y, u) = Ops.Nf4.QloraForward(x.Value, w, layer.Base.Bias, a.Value, b.Value, scale, dropoutP, seed);
+        var (y, u) = Ops.Qlora.Forward(x.Value, w, layer.Base.Bias, a.Value, b.Value, scale, dropoutP, seed);
         Own(y);
         Own(u);
         var output = NewOutput(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad);
@@ -27,7 +27,7 @@ public sealed partial class Tape
             _backward.Add(() =>
             {
                 if (output.Grad is null) return;
-                var (dx, dA, dB) = Ops.Nf4.QloraBackward(x.Value, w, a.Value, b.Value, u, output.Grad, scale, dropoutP, seed,
+                var (dx, dA, dB) = Ops.Qlora.Backward(x.Value, w, a.Value, b.Value, u, output.Grad, scale, dropoutP, seed,
                                                          needDx: x.RequiresGrad, needDA: a.RequiresGrad, needDB: b.RequiresGrad);
                 try
                 {

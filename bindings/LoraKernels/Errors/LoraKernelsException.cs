@@ -1,5 +1,5 @@
 // The base of every exception LoraKernels raises for a failure inside native code or the GPU
-// stack, or for outside data it cannot read (DataFormatException), so callers can catch these
+// stack, or for outside data it cannot read (InvalidFileException), so callers can catch these
 // apart from their own argument errors.
 namespace LoraKernels;
 

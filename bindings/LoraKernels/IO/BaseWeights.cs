@@ -109,6 +109,11 @@ internal static class BaseWeights
             }
             return weight;
         }
+        catch (InvalidFileException e)
+        {
+            // Nf4.ImportState names the key and the problem; the file is this one.
+            throw new InvalidFileException(file.Path, e.Key, e.Problem, e);
+        }
         catch (Exception e) when (e is ArgumentException or KeyNotFoundException or InvalidOperationException or JsonException or FormatException or OverflowException)
         {
             throw new InvalidFileException(file.Path, prefix, $"is not a bitsandbytes 4-bit state this library reads: {e.Message}", e);

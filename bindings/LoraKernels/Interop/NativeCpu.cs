@@ -18,20 +18,6 @@ internal static unsafe partial class NativeCpu
     public static partial int lk_cpu_sgemm(int transA, int transB, long m, long n, long k, float alpha,
                                            float* a, long lda, float* b, long ldb, float beta, float* c, long ldc);
 
-    [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_lora_forward(long m, long inFeatures, long outFeatures, long r,
-                                                  float* x, float* w0, float* bias, float* a, float* b,
-                                                  float scale, float dropoutP, ulong seed, float* y, float* u);
-
-    [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_lora_backward(long m, long inFeatures, long outFeatures, long r,
-                                                   float* x, float* w0, float* a, float* b, float* u, float* dy,
-                                                   float scale, float dropoutP, ulong seed,
-                                                   float* dx, float* dA, float* dB);
-
-    [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_lora_merge(long outFeatures, long inFeatures, long r, float* w, float* a, float* b, float scale);
-
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_relu_forward(long n, float* x, float* y);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_relu_backward(long n, float* x, float* dy, float* dx);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_axpy(long n, float alpha, float* x, float* y);

@@ -131,7 +131,7 @@ public sealed class AdamW : IDisposable
                 State state = StateOf(parameter);
                 state.Steps++;
                 Tensor weights = state.Master ?? parameter.Value;
-                parameter.Value.Device.Backend.AdamWStep(weights, parameter.Grad, state.M, state.V, group.LearningRate, Beta1, Beta2,
+                IOptimizerKernels.On(parameter.Value.Device).AdamWStep(weights, parameter.Grad, state.M, state.V, group.LearningRate, Beta1, Beta2,
                                                          Eps, group.WeightDecay, state.Steps);
                 if (state.Master is not null) parameter.Value.Device.Backend.Cast(state.Master, parameter.Value);
             }

@@ -2,7 +2,9 @@
 // owns its backend (how ops run there) and its memory, and counts live allocations so tests can
 // prove nothing leaks. Devices are process-wide: Device.Cpu, Device.Simt and Device.Cuda(n)
 // return one instance each, so "same device" is reference equality.
+using System.Collections.Concurrent;
 using LoraKernels.Backends;
+using LoraKernels.Backends.Gpu;
 using LoraKernels.Runtime;
 
 namespace LoraKernels;
@@ -13,6 +15,7 @@ public abstract class Device : IDisposable
 {
     private static readonly Lazy<CpuDevice> CpuInstance = new(() => new CpuDevice());
     private static readonly Lazy<SimtDevice> SimtInstance = new(() => new SimtDevice());
+    private readonly ConcurrentDictionary<Type, object> _familyKernels = new();
 
     private protected Device(DeviceKind kind)
     {
@@ -106,8 +109,18 @@ public abstract class Device : IDisposable
 
     internal AllocationCounter Counter { get; }
 
-    /// <summary>How ops run on this device.</summary>
+    /// <summary>How the shared ops run on this device.</summary>
     internal abstract IBackend Backend { get; }
+
+    /// <summary>
+    /// A family's kernel interface on this device, created once: <paramref name="cpu"/> on the CPU device,
+    /// <paramref name="gpu"/> (given the device's launcher) on CUDA and under the emulator. Each family's
+    /// interface calls this from its own static On(device), so the shared backend knows no family.
+    /// </summary>
+    internal T Kernels<T>(Func<T> cpu, Func<GpuLaunch, T> gpu) where T : class =>
+        (T)_familyKernels.GetOrAdd(typeof(T), static (_, arguments) =>
+            arguments.Backend is GpuBackend backend ? arguments.Gpu(backend.Launcher) : arguments.Cpu(),
+            (Backend, Cpu: (Func<object>)cpu, Gpu: (Func<GpuLaunch, object>)gpu));
 
     internal abstract DeviceBuffer Allocate(long bytes);
     internal abstract void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source);

@@ -197,7 +197,7 @@ public sealed class BadInputTests(DeviceKind kind)
                 ("LoRA forward", () => Lora.Forward(x, _w0, _bias, _a, _b, 2f)),
                 ("LoRA backward", () => Lora.Backward(x, _w0, _a, _b, _u, _dy, 2f)),
                 ("DoRA", () => LoraKernels.Ops.Dora.Forward(x, _w0, _bias, _a, _b, magnitude, norm, 2f)),
-                ("QLoRA", () => LoraKernels.Ops.Nf4.QloraForward(x, quantized, _bias, _a, _b, 2f)),
+                ("QLoRA", () => LoraKernels.Ops.Qlora.Forward(x, quantized, _bias, _a, _b, 2f)),
                 // A plain 4-bit product takes F32 or BF16 activations: only width and device can be wrong.
                 ("NF4 matmul", () => LoraKernels.Ops.Nf4.Matmul(x, quantized, null)),
                 ("VeRA", () => Vera.Forward(x, _w0, _bias, _a, _b, lambdaD, lambdaB)),

@@ -61,9 +61,9 @@ public sealed class Nf4BadInputTests(DeviceKind kind)
 
         using Tensor a = Tensor.FromArray(Device, data.NonZero(4 * 33), 4, 33);
         using Tensor bWrongRank = Tensor.FromArray(Device, data.NonZero(13 * 3), 13, 3);
-        Assert.That(Rejects<ArgumentException>(() => Ops.Nf4.QloraForward(x, w, null, a, bWrongRank, 1f)).ParamName, Is.EqualTo("b"));
+        Assert.That(Rejects<ArgumentException>(() => Ops.Qlora.Forward(x, w, null, a, bWrongRank, 1f)).ParamName, Is.EqualTo("b"));
         using Tensor aBf16 = Tensor.FromArray(Device, data.NonZero(4 * 33), DType.BF16, 4, 33);
-        Assert.That(Rejects<ArgumentException>(() => Ops.Nf4.QloraForward(x, w, null, aBf16, bWrongRank, 1f)).ParamName, Is.EqualTo("a"));
+        Assert.That(Rejects<ArgumentException>(() => Ops.Qlora.Forward(x, w, null, aBf16, bWrongRank, 1f)).ParamName, Is.EqualTo("a"));
 
         Device other = kind == DeviceKind.Cpu ? Device.Simt : Device.Cpu;
         using Tensor xElsewhere = Tensor.FromArray(other, data.NonZero(4 * 33), 4, 33);

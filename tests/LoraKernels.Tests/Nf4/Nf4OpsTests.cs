@@ -8,7 +8,7 @@ public sealed record Nf4Case(int M, int In, int Out, int R, int BlockSize, bool 
 }
 
 /// <summary>
-/// Nf4.Matmul, QloraForward and QloraBackward on the CPU kernels and kernels/nf4.cu under the
+/// Nf4.Matmul, Qlora.Forward and Qlora.Backward on the CPU kernels and kernels/nf4.cu under the
 /// emulator, each against the double-precision LoRA reference (Support/Reference.cs) fed the
 /// reference-dequantized weight, and the emulator against the CPU. Shapes are odd (blocks cross
 /// rows whenever in % blockSize ≠ 0), M covers decode (1, 7, 16) and tiled (33) token counts.
@@ -71,7 +71,7 @@ public sealed class Nf4OpsTests
     [TestCaseSource(nameof(Cases))]
     public void Backward(Nf4Case c) => CheckBackward(c, Device.Cpu, Device.Simt);
 
-    /// <summary>Matmul and QloraForward on each device against the reference, and every device after the first against the first.</summary>
+    /// <summary>Matmul and Qlora.Forward on each device against the reference, and every device after the first against the first.</summary>
     internal static void CheckMatmulAndForward(Nf4Case c, params Device[] devices)
     {
         Inputs input = MakeInputs(c);
@@ -96,7 +96,7 @@ public sealed class Nf4OpsTests
             float[] baseValues = baseY.ToArray();
             Expect.Close($"{name} matmul", baseValues, plain.Y, Tolerance.Bounds(plain.Y, plain.YAbs, c.In + 1, c.DType));
 
-            var (yTensor, uTensor) = Ops.Nf4.QloraForward(x, w, bias, a, b, Scale, c.Dropout, DropoutSeed);
+            var (yTensor, uTensor) = Ops.Qlora.Forward(x, w, bias, a, b, Scale, c.Dropout, DropoutSeed);
             using (yTensor)
             using (uTensor)
             {
@@ -118,7 +118,7 @@ public sealed class Nf4OpsTests
         }
     }
 
-    /// <summary>QloraBackward on each device against the reference.</summary>
+    /// <summary>Qlora.Backward on each device against the reference.</summary>
     internal static void CheckBackward(Nf4Case c, params Device[] devices)
     {
         Inputs input = MakeInputs(c);
@@ -138,7 +138,7 @@ public sealed class Nf4OpsTests
             var reference = Reference.LoraBackward(c.M, c.In, c.Out, c.R, input.X, deq, input.A, input.B, uValues, input.Dy, Scale, c.Dropout, DropoutSeed);
             Expect.NotVacuous("dx reference", reference.Dx);
 
-            var (dx, dA, dB) = Ops.Nf4.QloraBackward(x, w, a, b, u, dy, Scale, c.Dropout, DropoutSeed);
+            var (dx, dA, dB) = Ops.Qlora.Backward(x, w, a, b, u, dy, Scale, c.Dropout, DropoutSeed);
             using (dx)
             using (dA)
             using (dB)

@@ -3,7 +3,7 @@ using System.Text;
 namespace LoraKernels.Tests.Nf4;
 
 /// <summary>
-/// A corrupt bitsandbytes state is refused with the library's DataFormatException naming the key and
+/// A corrupt bitsandbytes state is refused with the library's InvalidFileException naming the key and
 /// the problem, before anything is allocated: malformed JSON, missing, null and mistyped keys, crafted
 /// huge shapes, sizes that disagree with the data, and non-finite or negative statistics.
 /// </summary>
@@ -119,7 +119,7 @@ public sealed class Nf4StateCorruptionTests(DeviceKind kind)
             {
                 Ops.Nf4.ImportState(Device, Replace(state, JsonKey, corrupted)).Dispose();
             }
-            catch (DataFormatException)
+            catch (InvalidFileException)
             {
                 refused++;
             }
@@ -130,7 +130,7 @@ public sealed class Nf4StateCorruptionTests(DeviceKind kind)
     private void AssertRefused(IEnumerable<StateTensor> state, string key, string problem)
     {
         long before = Device.LiveAllocations;
-        var e = Assert.Throws<DataFormatException>(() => Ops.Nf4.ImportState(Device, state.ToList()))!;
+        var e = Assert.Throws<InvalidFileException>(() => Ops.Nf4.ImportState(Device, state.ToList()))!;
         Assert.That(e.Key, Is.EqualTo(key), e.Message);
         Assert.That(e.Problem, Does.Contain(problem), e.Message);
         Assert.That(e.Message, Does.Contain(key));

@@ -1,5 +1,5 @@
-// Launch code for kernels/elementwise.cu: grid-stride kernels of 256 threads whose grid is the
-// element count's blocks, capped at a few blocks per multiprocessor (the loop covers the rest).
+// Launch code for kernels/elementwise.cu: grid-stride kernels (GpuLaunch's element-wise geometry:
+// 256 threads, the grid capped at a few blocks per multiprocessor, the loop covering the rest).
 // docs/KERNELS.md documents the geometry.
 using LoraKernels.Runtime;
 
@@ -7,15 +7,12 @@ namespace LoraKernels.Backends.Gpu;
 
 internal sealed partial class GpuBackend
 {
-    internal const uint ElementwiseThreads = 256;  // kEwThreads and kOptimThreads
-    internal const int ElementwiseBlocksPerMultiprocessor = 8;  // enough resident warps to saturate memory
-
     public void ReluForward(Tensor x, Tensor y)
     {
         long n = x.ElementCount;
         if (n == 0) return;
         using var args = new KernelArguments().Pointer(x).Pointer(y).Long(n);
-        LaunchElementwise("lk_ew_relu_forward_f32", n, args);
+        Launcher.LaunchElementwise("lk_ew_relu_forward_f32", n, args);
     }
 
     public void ReluBackward(Tensor x, Tensor dy, Tensor dx)
@@ -23,7 +20,7 @@ internal sealed partial class GpuBackend
         long n = x.ElementCount;
         if (n == 0) return;
         using var args = new KernelArguments().Pointer(x).Pointer(dy).Pointer(dx).Long(n);
-        LaunchElementwise("lk_ew_relu_backward_f32", n, args);
+        Launcher.LaunchElementwise("lk_ew_relu_backward_f32", n, args);
     }
 
     public void Axpy(float alpha, Tensor x, Tensor y)
@@ -31,7 +28,7 @@ internal sealed partial class GpuBackend
         long n = x.ElementCount;
         if (n == 0) return;
         using var args = new KernelArguments().Float(alpha).Pointer(x).Pointer(y).Long(n);
-        LaunchElementwise("lk_ew_axpy_f32", n, args);
+        Launcher.LaunchElementwise("lk_ew_axpy_f32", n, args);
     }
 
     public float MseLoss(Tensor pred, Tensor target, Tensor? dpred)
@@ -41,7 +38,7 @@ internal sealed partial class GpuBackend
         if (n == 0) return float.NaN;
         // One double partial sum of squares per block, added here in block order: deterministic.
         double sum = 0;
-        foreach (double partial in BlockPartials<double>("lk_ew_mse_loss_f32", n,
+        foreach (double partial in Launcher.BlockPartials<double>("lk_ew_mse_loss_f32", n,
                      (args, partials) => args.Pointer(pred).Pointer(target).Pointer(partials).Pointer(dpred).Long(n)))
             sum += partial;
         return (float)(sum / n);
@@ -51,30 +48,11 @@ internal sealed partial class GpuBackend
     {
         long n = tensor.ElementCount;
         if (n == 0) return -1;
-        string kernel = KernelFor(tensor.DType, "lk_ew_first_nonfinite_f32", "lk_ew_first_nonfinite_bf16");
+        string kernel = GpuLaunch.KernelFor(tensor.DType, "lk_ew_first_nonfinite_f32", "lk_ew_first_nonfinite_bf16");
         long first = n;
-        foreach (long blockFirst in BlockPartials<long>(kernel, n, (args, partials) => args.Pointer(tensor).Long(n).Pointer(partials)))
+        foreach (long blockFirst in Launcher.BlockPartials<long>(kernel, n, (args, partials) => args.Pointer(tensor).Long(n).Pointer(partials)))
             first = Math.Min(first, blockFirst);
         return first < n ? first : -1;
-    }
-
-    /// <summary>
-    /// Runs a grid-stride reduction over n elements whose blocks each write one partial of type
-    /// <typeparamref name="T"/> into a temporary, and returns the partials in block order.
-    /// <paramref name="arguments"/> packs the kernel's parameters around the partials buffer.
-    /// </summary>
-    private T[] BlockPartials<T>(string kernel, long n, Action<KernelArguments, DeviceBuffer> arguments) where T : unmanaged
-    {
-        uint blocks = ElementwiseGrid(n, _device.MultiprocessorCount);
-        var partials = new T[blocks];
-        using DeviceBuffer buffer = _device.Allocate((long)blocks * System.Runtime.CompilerServices.Unsafe.SizeOf<T>());
-        using (var args = new KernelArguments())
-        {
-            arguments(args, buffer);
-            _device.Launch(kernel, new Dim3(blocks), new Dim3(ElementwiseThreads), 0, args);
-        }
-        _device.Download(buffer, 0, System.Runtime.InteropServices.MemoryMarshal.AsBytes(partials.AsSpan()));
-        return partials;
     }
 
     public void Cast(Tensor source, Tensor destination)
@@ -83,7 +61,7 @@ internal sealed partial class GpuBackend
         if (n == 0) return;
         if (source.DType == destination.DType)
         {
-            _device.CopyDeviceToDevice(source.Buffer, 0, destination.Buffer, 0, source.SizeInBytes);
+            Launcher.Device.CopyDeviceToDevice(source.Buffer, 0, destination.Buffer, 0, source.SizeInBytes);
             return;
         }
         string kernel = (source.DType, destination.DType) switch
@@ -93,27 +71,15 @@ internal sealed partial class GpuBackend
             _ => throw new NotSupportedException($"No cast kernel from {source.DType} to {destination.DType}."),
         };
         using var args = new KernelArguments().Pointer(source).Pointer(destination).Long(n);
-        LaunchElementwise(kernel, n, args);
+        Launcher.LaunchElementwise(kernel, n, args);
     }
 
     public void Fill(Tensor tensor, float value)
     {
         long n = tensor.ElementCount;
         if (n == 0) return;
-        string kernel = KernelFor(tensor.DType, "lk_ew_fill_f32", "lk_ew_fill_bf16");
+        string kernel = GpuLaunch.KernelFor(tensor.DType, "lk_ew_fill_f32", "lk_ew_fill_bf16");
         using var args = new KernelArguments().Pointer(tensor).Float(value).Long(n);
-        LaunchElementwise(kernel, n, args);
+        Launcher.LaunchElementwise(kernel, n, args);
     }
-
-    /// <summary>Grid for a grid-stride kernel over n elements.</summary>
-    internal static uint ElementwiseGrid(long n, int multiprocessors)
-    {
-        long blocks = Math.Min((n + ElementwiseThreads - 1) / ElementwiseThreads,
-                               (long)Math.Max(multiprocessors, 1) * ElementwiseBlocksPerMultiprocessor);
-        return (uint)Math.Max(blocks, 1);
-    }
-
-    private void LaunchElementwise(string kernel, long n, KernelArguments args) =>
-        _device.Launch(kernel, new Dim3(ElementwiseGrid(n, _device.MultiprocessorCount)), new Dim3(ElementwiseThreads), 0,
-                       args);
 }

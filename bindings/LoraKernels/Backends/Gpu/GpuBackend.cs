@@ -1,18 +1,18 @@
-// The GPU backend: one class for CUDA and the SIMT emulator, over an IKernelDevice. Its IBackend
-// methods (kernel choice, launch geometry, argument packing) live in one partial file per kernel
-// family, beside that family's kernels/*.cu: GpuBackend.Lora.cs, GpuBackend.Elementwise.cs and
-// GpuBackend.Optim.cs.
+// The GPU backend: the shared ops (IBackend) for CUDA and the SIMT emulator, over an IKernelDevice,
+// and the GpuLaunch every family's GPU kernels launch through (Device.Kernels hands it to them).
+// The element-wise launches live in GpuBackend.Elementwise.cs, beside kernels/elementwise.cu.
 using LoraKernels.Runtime;
 
 namespace LoraKernels.Backends.Gpu;
 
 internal sealed partial class GpuBackend : IBackend
 {
-    private readonly IKernelDevice _device;
-
     public GpuBackend(IKernelDevice device)
     {
         ArgumentNullException.ThrowIfNull(device);
-        _device = device;
+        Launcher = new GpuLaunch(device);
     }
+
+    /// <summary>The launch helpers and geometry over this backend's kernel device.</summary>
+    public GpuLaunch Launcher { get; }
 }

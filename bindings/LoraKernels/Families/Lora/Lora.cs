@@ -1,6 +1,8 @@
 // The LoRA op family: fused forward, backward and merge of y = x W0ᵀ + bias + scale·(dropout(x) Aᵀ) Bᵀ
 // (REFERENCE.md 1.5-1.6). Checks every argument, allocates the outputs, then dispatches to the
 // device's backend (native CPU kernels or kernels/lora.cu).
+using LoraKernels.Families.Lora;
+
 namespace LoraKernels.Ops;
 
 public static class Lora
@@ -32,7 +34,7 @@ public static class Lora
         try
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
-            d.Device.Backend.LoraForward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
+            ILoraKernels.On(d.Device).Forward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
             return (y, u);
         }
         catch
@@ -67,7 +69,7 @@ public static class Lora
             if (needDx) dx = Tensor.Empty(d.Device, d.DType, d.M, d.In);
             if (needDA) dA = Tensor.Empty(d.Device, d.DType, d.R, d.In);
             if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
-            d.Device.Backend.LoraBackward(x, w0, a, b, u, dy, scale, dropoutP, seed, dx, dA, dB);
+            ILoraKernels.On(d.Device).Backward(x, w0, a, b, u, dy, scale, dropoutP, seed, dx, dA, dB);
             return (dx, dA, dB);
         }
         catch
@@ -91,6 +93,6 @@ public static class Lora
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], w0.DType, w0.Device);
         Checks.Finite(op, "scale", signedScale);
-        w0.Device.Backend.LoraMerge(w0, a, b, signedScale);
+        ILoraKernels.On(w0.Device).Merge(w0, a, b, signedScale);
     }
 }

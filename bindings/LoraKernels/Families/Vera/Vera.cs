@@ -2,6 +2,8 @@
 // backward and merge. A_l = veraA[:, :in] and B_l = veraB[:out, :] are slices of the shared frozen
 // projections (VeraProjections), read in place. Checks every argument, allocates the outputs, then
 // dispatches to the device's backend (native CPU kernels or kernels/vera.cu with kernels/lora.cu).
+using LoraKernels.Families.Vera;
+
 namespace LoraKernels.Ops;
 
 public static class Vera
@@ -34,7 +36,7 @@ public static class Vera
         try
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
-            d.Device.Backend.VeraForward(x, w0, bias, veraA, veraB, lambdaD, lambdaB, dropoutP, seed, y, u);
+            IVeraKernels.On(d.Device).Forward(x, w0, bias, veraA, veraB, lambdaD, lambdaB, dropoutP, seed, y, u);
             return (y, u);
         }
         catch
@@ -71,7 +73,7 @@ public static class Vera
             if (needDx) dx = Tensor.Empty(d.Device, d.DType, d.M, d.In);
             if (needDLambdaD) dLambdaD = Tensor.Empty(d.Device, d.DType, d.R);
             if (needDLambdaB) dLambdaB = Tensor.Empty(d.Device, d.DType, d.Out);
-            d.Device.Backend.VeraBackward(w0, veraA, veraB, lambdaD, lambdaB, u, dy, dropoutP, seed, dx, dLambdaD, dLambdaB);
+            IVeraKernels.On(d.Device).Backward(w0, veraA, veraB, lambdaD, lambdaB, u, dy, dropoutP, seed, dx, dLambdaD, dLambdaB);
             return (dx, dLambdaD, dLambdaB);
         }
         catch
@@ -95,7 +97,7 @@ public static class Vera
         Checks.Alive(w0, op, nameof(w0));
         Checks.Matrix(op, nameof(w0), w0, "out, in");
         CheckAdapter(op, 0, w0, veraA, veraB, lambdaD, lambdaB);
-        w0.Device.Backend.VeraMerge(w0, veraA, veraB, lambdaD, lambdaB, scale);
+        IVeraKernels.On(w0.Device).Merge(w0, veraA, veraB, lambdaD, lambdaB, scale);
     }
 
     /// <summary>

@@ -1,19 +1,20 @@
 // IBackend's DoRA ops over the native CPU kernels (native/cpu/dora.cpp), BF16 staged through fp32
 // as every CPU op is.
+using LoraKernels.Backends.Cpu;
 using LoraKernels.Interop;
 
-namespace LoraKernels.Backends.Cpu;
+namespace LoraKernels.Families.Dora;
 
-internal sealed unsafe partial class CpuBackend
+internal sealed unsafe class CpuDoraKernels : IDoraKernels
 {
-    public void DoraRowSquaredNorm(Tensor w0, Tensor sqnorm)
+    public void RowSquaredNorm(Tensor w0, Tensor sqnorm)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_row_sqnorm(w0.Shape[0], w0.Shape[1], call.Input(w0), call.Output(sqnorm)));
         call.WriteBack();
     }
 
-    public void DoraWeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
+    public void WeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm(w0.Shape[0], w0.Shape[1], a.Shape[0], call.Input(w0), call.Input(w0SquaredNorm),
@@ -21,7 +22,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void DoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
+    public void Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
                             Tensor y, Tensor u, Tensor? z)
     {
         using var call = new CpuCall();
@@ -32,7 +33,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void DoraBackward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
+    public void Backward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u, Tensor z, Tensor dy, float scale,
                              Tensor magnitude, Tensor norm, Tensor? dx, Tensor? dA, Tensor? dB, Tensor? dMagnitude)
     {
         using var call = new CpuCall();
@@ -44,7 +45,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void DoraWeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
+    public void WeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_pt(b.Shape[0], a.Shape[1], a.Shape[0], call.Input(w0SquaredNorm), call.Input(pt),
@@ -52,7 +53,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void DoraScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
+    public void ScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_scale_columns(z.Shape[0], z.Shape[1], call.Input(z), call.Input(magnitude), call.Input(norm),
@@ -60,7 +61,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void DoraScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz)
+    public void ScaleGrad(Tensor dy, Tensor z, Tensor magnitude, Tensor norm, Tensor? dMagnitude, Tensor? dz)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_scale_grad(dy.Shape[0], dy.Shape[1], call.Input(dy), call.Input(z), call.Input(magnitude),
@@ -68,14 +69,14 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void DoraDropout(Tensor x, float p, ulong seed, Tensor y)
+    public void Dropout(Tensor x, float p, ulong seed, Tensor y)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_dropout(x.ElementCount, call.Input(x), p, seed, call.Output(y)));
         call.WriteBack();
     }
 
-    public void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
+    public void ScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_dora_scale_rows(w.Shape[0], w.Shape[1], call.InputOutput(w), call.Input(magnitude),

@@ -3,9 +3,10 @@
 // once, for ‖deq(W)‖²_row (W is frozen), never per step:
 //   norm:     Pᵀ = A·deq(W)ᵀ [r, out] by Nf4.Matmul (A as the activations), then the DoRA norm
 //             combination reading P transposed (n² = ‖w‖² + 2s·P_i·B_i + s²·B_i (A Aᵀ) B_iᵀ).
-//   forward:  z = x·deq(W)ᵀ + s·(x Aᵀ) Bᵀ by Nf4.QloraForward without bias, y = (m/n) ⊙ z + bias.
-//   backward: dm = Σ_t dy ⊙ z / n and dz = dy ⊙ m/n, then Nf4.QloraBackward on dz.
+//   forward:  z = x·deq(W)ᵀ + s·(x Aᵀ) Bᵀ by Qlora.Forward without bias, y = (m/n) ⊙ z + bias.
+//   backward: dm = Σ_t dy ⊙ z / n and dz = dy ⊙ m/n, then Qlora.Backward on dz.
 // The norm needs Pᵀ in fp32, so these ops take F32 tensors only.
+using LoraKernels.Families.Dora;
 
 namespace LoraKernels.Ops;
 
@@ -46,7 +47,7 @@ public static partial class Dora
         Tensor norm = Tensor.Empty(a.Device, DType.F32, outFeatures);
         try
         {
-            a.Device.Backend.DoraWeightNormTransposed(w0RowSqNorm, pt, a, b, scale, norm);
+            IDoraKernels.On(a.Device).WeightNormTransposed(w0RowSqNorm, pt, a, b, scale, norm);
             return norm;
         }
         catch
@@ -76,13 +77,13 @@ public static partial class Dora
         }
         CheckMagnitudeAndNorm(op, magnitude, norm, new AdapterDims(0, 0, outFeatures, 0, x.DType, x.Device));
 
-        // Nf4.QloraForward checks x, W, A, B and the scale.
-        var (z, u) = Nf4.QloraForward(x, w0, null, a, b, scale);
+        // Qlora.Forward checks x, W, A, B and the scale.
+        var (z, u) = Qlora.Forward(x, w0, null, a, b, scale);
         Tensor? y = null;
         try
         {
             y = keepZ ? Tensor.Empty(x.Device, x.DType, z.Shape[0], z.Shape[1]) : z;
-            x.Device.Backend.DoraScaleColumns(z, magnitude, norm, bias, y);
+            IDoraKernels.On(x.Device).ScaleColumns(z, magnitude, norm, bias, y);
             return (y, u, keepZ ? z : null);
         }
         catch
@@ -121,10 +122,10 @@ public static partial class Dora
         {
             if (needDMagnitude) dm = Tensor.Empty(x.Device, x.DType, outFeatures);
             if (lora) dz = Tensor.Empty(x.Device, x.DType, m, outFeatures);
-            x.Device.Backend.DoraScaleGrad(dy, z, magnitude, norm, dm, dz);
+            IDoraKernels.On(x.Device).ScaleGrad(dy, z, magnitude, norm, dm, dz);
             if (!lora) return (null, null, null, dm);
-            // Nf4.QloraBackward checks x, W, A, B, U and the scale.
-            var (dx, dA, dB) = Nf4.QloraBackward(x, w0, a, b, u, dz!, scale, needDx: needDx, needDA: needDA, needDB: needDB);
+            // Qlora.Backward checks x, W, A, B, U and the scale.
+            var (dx, dA, dB) = Qlora.Backward(x, w0, a, b, u, dz!, scale, needDx: needDx, needDA: needDA, needDB: needDB);
             return (dx, dA, dB, dm);
         }
         catch

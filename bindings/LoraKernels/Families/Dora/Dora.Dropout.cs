@@ -6,6 +6,8 @@
 // gives dv = dy W0; dx = dv + mask ⊙ (d(x_d) − dv), i.e. dy W0 + mask ⊙ ((dy ⊙ (g − 1)) W0 + s·((dy ⊙ g) B) A).
 // W0 is dense or quantized (QDoRA; deq(W) never formed). The mask is the LoRA kernels' hashed one
 // (lk_dropout_factor on x's flat index). F32 only (the combination uses Elementwise.Axpy).
+using LoraKernels.Families.Dora;
+
 namespace LoraKernels.Ops;
 
 public static partial class Dora
@@ -35,7 +37,7 @@ public static partial class Dora
         Tensor y = Tensor.Empty(x.Device, DType.F32, [.. x.Shape]);
         try
         {
-            x.Device.Backend.DoraDropout(x, p, seed, y);
+            IDoraKernels.On(x.Device).Dropout(x, p, seed, y);
             return y;
         }
         catch
@@ -117,7 +119,7 @@ public static partial class Dora
             if (dxd is null) return (null, dA, dB, dm);
             // dv = dy W0 (the base term's input gradient, scale 0 leaves no adapter term).
             dv = quantizedW0 is not null
-                ? Nf4.QloraBackward(xd, quantizedW0, a, b, state.U, dy, 0f, needDA: false, needDB: false).Dx
+                ? Qlora.Backward(xd, quantizedW0, a, b, state.U, dy, 0f, needDA: false, needDB: false).Dx
                 : Lora.Backward(xd, w0!, a, b, state.U, dy, 0f, needDA: false, needDB: false).Dx;
             // dx = dv + mask ⊙ (d(x_d) − dv), written into dv.
             Elementwise.Axpy(-1f, dv!, dxd);

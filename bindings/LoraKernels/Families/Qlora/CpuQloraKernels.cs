@@ -1,20 +1,21 @@
 // The 4-bit family on the native CPU kernels (native/cpu/nf4*.cpp): a QuantizedWeight's buffers
 // are host memory here, so the codes and statistics are passed in place (lk_quant_stats); BF16
 // activations go through the same fp32 staging as the LoRA ops.
+using LoraKernels.Backends.Cpu;
 using LoraKernels.Interop;
 
-namespace LoraKernels.Backends.Cpu;
+namespace LoraKernels.Families.Qlora;
 
-internal sealed unsafe partial class CpuBackend
+internal sealed unsafe class CpuQloraKernels : IQloraKernels
 {
-    public void Quantize4Bit(Tensor weight, QuantizedWeight destination)
+    public void Quantize(Tensor weight, QuantizedWeight destination)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_quantize_4bit((int)destination.QuantType, weight.ElementCount, destination.BlockSize,
                                                  call.Input(weight), call.Bytes(destination.Codes), call.Floats(destination.Absmax)));
     }
 
-    public void Dequantize4Bit(QuantizedWeight weight, Tensor destination)
+    public void Dequantize(QuantizedWeight weight, Tensor destination)
     {
         using var call = new CpuCall();
         LkQuantStats stats = call.Stats(weight);
@@ -31,7 +32,7 @@ internal sealed unsafe partial class CpuBackend
         weight.Offset = offset;
     }
 
-    public void Nf4Matmul(Tensor x, QuantizedWeight w, Tensor? bias, Tensor y)
+    public void Matmul(Tensor x, QuantizedWeight w, Tensor? bias, Tensor y)
     {
         using var call = new CpuCall();
         LkQuantStats stats = call.Stats(w);
@@ -41,7 +42,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void QloraForward(Tensor x, QuantizedWeight w, Tensor? bias, Tensor a, Tensor b, float scale,
+    public void Forward(Tensor x, QuantizedWeight w, Tensor? bias, Tensor a, Tensor b, float scale,
                              float dropoutP, ulong seed, Tensor y, Tensor u)
     {
         using var call = new CpuCall();
@@ -53,7 +54,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void QloraBackward(Tensor x, QuantizedWeight w, Tensor a, Tensor b, Tensor u, Tensor dy, float scale,
+    public void Backward(Tensor x, QuantizedWeight w, Tensor a, Tensor b, Tensor u, Tensor dy, float scale,
                               float dropoutP, ulong seed, Tensor? dx, Tensor? dA, Tensor? dB)
     {
         using var call = new CpuCall();

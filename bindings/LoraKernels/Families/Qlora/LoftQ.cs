@@ -8,7 +8,6 @@
 // S by s so the init is exact for any alpha (REFERENCE.md §11). The SVD is Ops.Linalg.Svd (LAPACK
 // on the CPU, cuSOLVER on CUDA, LAPACK on the emulator's host memory); the rank-r slices are taken
 // on the host ([m, k] and [k, n] once per iteration), the residual update W − s·B·A on the device.
-
 namespace LoraKernels.Variants;
 
 public static class LoftQ

@@ -5,7 +5,7 @@
 // dropout seed stream) is exactly LoraLinear's, through RankAdapter, so a QLoRA layer and a LoRA
 // layer built from the same seed start from the same A. It does not derive from
 // DenseAdapterLinear: there is no dense W0 to own, only the quantized base. Forward and backward run
-// Ops.Nf4.QloraForward / QloraBackward; deq(W) is never materialised.
+// Ops.Qlora.Forward / Backward; deq(W) is never materialised.
 using LoraKernels.Autograd;
 using LoraKernels.Runtime;
 
@@ -100,7 +100,7 @@ public sealed class QloraLinear : IAdapterLayer
         ThrowIfDisposed();
         float dropoutP = Training ? Dropout : 0f;
         ulong seed = dropoutP > 0f ? NextDropoutSeed() : 0;
-        var (y, u) = Ops.Nf4.QloraForward(x, Base.Weight, Base.Bias, A.Value, B.Value, Scale, dropoutP, seed);
+        var (y, u) = Ops.Qlora.Forward(x, Base.Weight, Base.Bias, A.Value, B.Value, Scale, dropoutP, seed);
         u.Dispose();
         return y;
     }

@@ -6,6 +6,8 @@
 // kernels/dora.cu composed with kernels/lora.cu). Dropout is not part of these ops: PEFT's DoRA
 // with dropout > 0 in training needs a second base product on dropout(x) (Dora.Dropout.cs); the
 // quantized base (QDoRA) is in Dora.Quantized.cs.
+using LoraKernels.Families.Dora;
+
 namespace LoraKernels.Ops;
 
 public static partial class Dora
@@ -20,7 +22,7 @@ public static partial class Dora
         Tensor sqnorm = Tensor.Empty(w0.Device, DType.F32, outFeatures);
         try
         {
-            w0.Device.Backend.DoraRowSquaredNorm(w0, sqnorm);
+            IDoraKernels.On(w0.Device).RowSquaredNorm(w0, sqnorm);
             return sqnorm;
         }
         catch
@@ -55,7 +57,7 @@ public static partial class Dora
         try
         {
             Tensor sqnorm = w0RowSqNorm ?? (ownSqNorm = RowSquaredNorm(w0));
-            w0.Device.Backend.DoraWeightNorm(w0, sqnorm, a, b, scale, norm);
+            IDoraKernels.On(w0.Device).WeightNorm(w0, sqnorm, a, b, scale, norm);
             return norm;
         }
         catch
@@ -96,7 +98,7 @@ public static partial class Dora
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
             if (keepZ) z = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
-            d.Device.Backend.DoraForward(x, w0, bias, a, b, scale, magnitude, norm, y, u, z);
+            IDoraKernels.On(d.Device).Forward(x, w0, bias, a, b, scale, magnitude, norm, y, u, z);
             return (y, u, z);
         }
         catch
@@ -135,7 +137,7 @@ public static partial class Dora
             if (needDA) dA = Tensor.Empty(d.Device, d.DType, d.R, d.In);
             if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
             if (needDMagnitude) dm = Tensor.Empty(d.Device, d.DType, d.Out);
-            d.Device.Backend.DoraBackward(x, w0, a, b, u, z, dy, scale, magnitude, norm, dx, dA, dB, dm);
+            IDoraKernels.On(d.Device).Backward(x, w0, a, b, u, z, dy, scale, magnitude, norm, dx, dA, dB, dm);
             return (dx, dA, dB, dm);
         }
         catch
@@ -154,7 +156,7 @@ public static partial class Dora
         const string op = "Dora.Merge";
         CheckMerge(op, w0, a, b, magnitude, norm, scale);
         Lora.Merge(w0, a, b, scale);
-        w0.Device.Backend.DoraScaleRows(w0, magnitude, norm, invert: false);
+        IDoraKernels.On(w0.Device).ScaleRows(w0, magnitude, norm, invert: false);
     }
 
     /// <summary>Undoes <see cref="Merge"/> with the same (pre-merge) norm: W0 = W0 / (m / n) - scale·B·A (exact up to rounding).</summary>
@@ -162,7 +164,7 @@ public static partial class Dora
     {
         const string op = "Dora.Unmerge";
         CheckMerge(op, w0, a, b, magnitude, norm, scale);
-        w0.Device.Backend.DoraScaleRows(w0, magnitude, norm, invert: true);
+        IDoraKernels.On(w0.Device).ScaleRows(w0, magnitude, norm, invert: true);
         Lora.Unmerge(w0, a, b, scale);
     }
 

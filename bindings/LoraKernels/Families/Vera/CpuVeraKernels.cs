@@ -1,12 +1,13 @@
 // The VeRA family on the native CPU kernels (native/cpu/vera.cpp): the projections are passed in
 // place with vera_A's row stride; BF16 tensors go through the same fp32 staging as the LoRA ops.
+using LoraKernels.Backends.Cpu;
 using LoraKernels.Interop;
 
-namespace LoraKernels.Backends.Cpu;
+namespace LoraKernels.Families.Vera;
 
-internal sealed unsafe partial class CpuBackend
+internal sealed unsafe class CpuVeraKernels : IVeraKernels
 {
-    public void VeraForward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB,
+    public void Forward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB,
                             float dropoutP, ulong seed, Tensor y, Tensor u)
     {
         using var call = new CpuCall();
@@ -18,7 +19,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void VeraBackward(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy,
+    public void Backward(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy,
                              float dropoutP, ulong seed, Tensor? dx, Tensor? dLambdaD, Tensor? dLambdaB)
     {
         using var call = new CpuCall();
@@ -30,7 +31,7 @@ internal sealed unsafe partial class CpuBackend
         call.WriteBack();
     }
 
-    public void VeraMerge(Tensor w, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, float scale)
+    public void Merge(Tensor w, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, float scale)
     {
         using var call = new CpuCall();
         Check.Cpu(NativeCpu.lk_cpu_vera_merge(w.Shape[0], w.Shape[1], veraA.Shape[0], call.InputOutput(w), call.Input(veraA),

@@ -1,8 +1,9 @@
-// The 4-bit family (REFERENCE.md §8.1-8.4): bitsandbytes-compatible blockwise NF4/FP4 quantization
-// with optional double quantization, and the ops that consume a quantized weight without
-// materialising it: y = x·deq(W)ᵀ + bias, and the QLoRA forward/backward
-//   y = x·deq(W)ᵀ + bias + scale·(dropout(x)·Aᵀ)·Bᵀ
-// mirroring Ops.Lora. Every argument is checked before anything is allocated or launched.
+// The 4-bit format (REFERENCE.md §8.1-8.4): bitsandbytes-compatible blockwise NF4/FP4 quantization
+// with optional double quantization, dequantization and the product that consumes a quantized
+// weight without materialising it, y = x·deq(W)ᵀ + bias. (In this family "Nf4" names the format,
+// NF4 or FP4, and "Qlora" the LoRA adapter over it: Ops.Qlora.) Every argument is checked before
+// anything is allocated or launched.
+using LoraKernels.Families.Qlora;
 using LoraKernels.Runtime;
 
 namespace LoraKernels.Ops;
@@ -33,11 +34,11 @@ public static partial class Nf4
         try
         {
             Device device = weight.Device;
-            device.Backend.Quantize4Bit(weight, quantized);
+            IQloraKernels.On(device).Quantize(weight, quantized);
             if (doubleQuant)
             {
                 quantized.AllocateNested();
-                device.Backend.DoubleQuantize(quantized);
+                IQloraKernels.On(device).DoubleQuantize(quantized);
                 quantized.ReleasePlainAbsmax();
             }
             return quantized;
@@ -57,7 +58,7 @@ public static partial class Nf4
         Tensor result = Tensor.Empty(w.Device, w.DType, [.. w.Shape]);
         try
         {
-            w.Device.Backend.Dequantize4Bit(w, result);
+            IQloraKernels.On(w.Device).Dequantize(w, result);
             return result;
         }
         catch
@@ -80,78 +81,12 @@ public static partial class Nf4
         Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
         try
         {
-            d.Device.Backend.Nf4Matmul(x, w, bias, y);
+            IQloraKernels.On(d.Device).Matmul(x, w, bias, y);
             return y;
         }
         catch
         {
             y.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>
-    /// QLoRA forward: y = x·deq(W)ᵀ + bias + scale·(dropout(x)·Aᵀ)·Bᵀ, as <see cref="Lora.Forward"/> with
-    /// the base weight quantized. A [r, in] and B [out, r] in x's dtype. Returns Y [M, out] (x's
-    /// dtype) and U = dropout(x)·Aᵀ [M, r] (F32) for <see cref="QloraBackward"/>.
-    /// </summary>
-    public static (Tensor Y, Tensor U) QloraForward(Tensor x, QuantizedWeight w, Tensor? bias, Tensor a, Tensor b,
-                                                    float scale, float dropoutP = 0f, ulong seed = 0)
-    {
-        const string op = "Nf4.QloraForward";
-        AdapterDims d = CheckAdapter(op, x, w, a, b);
-        AdapterChecks.Bias(op, bias, d);
-        Checks.Finite(op, nameof(scale), scale);
-        Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        AdapterChecks.OutputSize(op, "y", d.M, d.Out);
-        AdapterChecks.OutputSize(op, "u", d.M, d.R);
-
-        Tensor y = Tensor.Empty(d.Device, d.DType, d.M, d.Out);
-        Tensor? u = null;
-        try
-        {
-            u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
-            d.Device.Backend.QloraForward(x, w, bias, a, b, scale, dropoutP, seed, y, u);
-            return (y, u);
-        }
-        catch
-        {
-            Checks.DisposeAll(y, u);
-            throw;
-        }
-    }
-
-    /// <summary>
-    /// Gradients of <see cref="QloraForward"/> given dy [M, out] (x's dtype) and the forward's u [M, r]
-    /// (F32): dx [M, in] = dy·deq(W) + dropout'(du·A), dA [r, in], dB [out, r], each only when requested.
-    /// The base weight is frozen, so it has no gradient. Pass the forward's scale, dropout and seed.
-    /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DB) QloraBackward(Tensor x, QuantizedWeight w, Tensor a, Tensor b, Tensor u,
-                                                                     Tensor dy, float scale, float dropoutP = 0f, ulong seed = 0,
-                                                                     bool needDx = true, bool needDA = true, bool needDB = true)
-    {
-        const string op = "Nf4.QloraBackward";
-        AdapterDims d = CheckAdapter(op, x, w, a, b);
-        Checks.Alive(u, op, nameof(u));
-        Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
-        Checks.Alive(dy, op, nameof(dy));
-        Checks.Shape(op, nameof(dy), dy, "M, out", [d.M, d.Out], d.DType, d.Device);
-        Checks.Finite(op, nameof(scale), scale);
-        Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        if (!needDx && !needDA && !needDB) return (null, null, null);
-
-        Tensor? dx = null, dA = null, dB = null;
-        try
-        {
-            if (needDx) dx = Tensor.Empty(d.Device, d.DType, d.M, d.In);
-            if (needDA) dA = Tensor.Empty(d.Device, d.DType, d.R, d.In);
-            if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
-            d.Device.Backend.QloraBackward(x, w, a, b, u, dy, scale, dropoutP, seed, dx, dA, dB);
-            return (dx, dA, dB);
-        }
-        catch
-        {
-            Checks.DisposeAll(dx, dA, dB);
             throw;
         }
     }
@@ -177,7 +112,7 @@ public static partial class Nf4
     }
 
     /// <summary>W a quantized [out, in] matrix, then x [M, in] (F32 or BF16) on W's device.</summary>
-    private static AdapterDims CheckBase(string op, Tensor x, QuantizedWeight w)
+    internal static AdapterDims CheckBase(string op, Tensor x, QuantizedWeight w)
     {
         Alive(w, op, nameof(w));
         if (w.Shape.Count != 2 || w.Shape[0] < 1 || w.Shape[1] < 1)
@@ -191,17 +126,4 @@ public static partial class Nf4
         return new AdapterDims(m, inFeatures, w.Shape[0], 0, x.DType, x.Device);
     }
 
-    /// <summary>W and x as <see cref="CheckBase"/>, then A [r, in] and B [out, r] in x's dtype; when A and B agree on a dtype that x lacks, x is blamed.</summary>
-    private static AdapterDims CheckAdapter(string op, Tensor x, QuantizedWeight w, Tensor a, Tensor b)
-    {
-        AdapterDims d = CheckBase(op, x, w);
-        Checks.Alive(a, op, nameof(a));
-        Checks.Alive(b, op, nameof(b));
-        if (a.DType == b.DType && a.DType != x.DType)
-            throw new ArgumentException($"{op}: x must have the adapter's dtype {a.DType} (a and b have it), got {x.Describe()}", nameof(x));
-        long r = AdapterChecks.Rank(op, "LoRA", a, d.In, d.DType, d.Device);
-        Checks.Alive(b, op, nameof(b));
-        Checks.Shape(op, nameof(b), b, "out, r", [d.Out, r], d.DType, d.Device);
-        return d with { R = r };
-    }
 }

@@ -5,8 +5,8 @@
 // plain arrays for a checkpoint writer (or reader) to move.
 using System.Globalization;
 using System.Runtime.InteropServices;
-using System.Text;
 using System.Text.Json;
+using System.Text;
 using LoraKernels.Interop;
 
 namespace LoraKernels.Ops;
@@ -52,7 +52,7 @@ public static partial class Nf4
     /// Everything is validated before anything is allocated: the JSON, every key, every size against the
     /// data present, and the statistics (finite, absmax ≥ 0).
     /// </summary>
-    /// <exception cref="DataFormatException">The state is malformed; the message names the key and the problem.</exception>
+    /// <exception cref="InvalidFileException">The state is malformed; the message names the key and the problem.</exception>
     public static QuantizedWeight ImportState(Device device, IEnumerable<StateTensor> state, string prefix = "weight")
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -90,7 +90,7 @@ public static partial class Nf4
     private sealed record ImportedState(QuantType Type, int BlockSize, DType DType, long[] Shape, bool Nested, float Offset,
                                         byte[] Codes, byte[] Absmax, byte[]? NestedAbsmax);
 
-    /// <summary>Reads and checks a bitsandbytes 4-bit state; every failure is a DataFormatException naming the key.</summary>
+    /// <summary>Reads and checks a bitsandbytes 4-bit state; every failure is an InvalidFileException naming the key.</summary>
     private sealed class StateReader
     {
         private const string Source = "Nf4.ImportState (bitsandbytes 4-bit state)";
@@ -286,7 +286,7 @@ public static partial class Nf4
             return floats;
         }
 
-        private static DataFormatException Bad(string key, string problem, Exception? inner = null) => new(Source, key, problem, inner);
+        private static InvalidFileException Bad(string key, string problem, Exception? inner = null) => new(Source, key, problem, inner);
     }
 
     /// <summary>json.dumps(dict) with Python's default separators (", " and ": ") and float repr.</summary>

@@ -3,27 +3,31 @@
 // folds B' (and copies A_l dense when its row stride max_in differs from in) into temporaries of
 // the call and runs the LoRA kernels with their own geometry. tests/native/parity/vera_parity_test.cpp
 // launches the same sequence.
+using LoraKernels.Backends.Gpu;
+using LoraKernels.Families.Lora;
 using LoraKernels.Runtime;
 
-namespace LoraKernels.Backends.Gpu;
+namespace LoraKernels.Families.Vera;
 
-internal sealed partial class GpuBackend
+internal sealed class GpuVeraKernels(GpuLaunch gpu) : IVeraKernels
 {
+    private readonly GpuLoraKernels _lora = new(gpu);
+
     // kernels/vera.cu: kVeraThreads, and the warps per block of grad_lambda_b (one row each).
     internal const uint VeraThreads = 256;
     internal const int VeraRowsPerBlock = 8;
     internal const int VeraColumnsPerBlock = 32;
 
-    public void VeraForward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB,
+    public void Forward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB,
                             float dropoutP, ulong seed, Tensor y, Tensor u)
     {
         var (aDense, bFolded) = VeraFold(w0, veraA, veraB, lambdaD, lambdaB);
         using (aDense)
         using (bFolded)
-            LoraForward(x, w0, bias, aDense ?? veraA, bFolded, 1f, dropoutP, seed, y, u);
+            _lora.Forward(x, w0, bias, aDense ?? veraA, bFolded, 1f, dropoutP, seed, y, u);
     }
 
-    public void VeraBackward(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy,
+    public void Backward(Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy,
                              float dropoutP, ulong seed, Tensor? dx, Tensor? dLambdaD, Tensor? dLambdaB)
     {
         int inFeatures = checked((int)w0.Shape[1]), outFeatures = checked((int)w0.Shape[0]);
@@ -41,12 +45,12 @@ internal sealed partial class GpuBackend
                 using (var args = new KernelArguments()
                            .Pointer(dy).Pointer(bFolded).Pointer(du)
                            .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
-                    _device.Launch(KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), LoraTileGrid(tokens, rank), new Dim3(LoraTileThreads), 0, args);
+                    gpu.Launch(GpuLaunch.KernelFor(kernelDType, "lk_lora_grad_u_f32", "lk_lora_grad_u_bf16"), GpuLaunch.TileGrid(tokens, rank), new Dim3(GpuLaunch.TileThreads), 0, args);
                 using (var args = new KernelArguments()
                            .Pointer(dy).Pointer(w0).Pointer(du).Pointer(aDense ?? veraA)
                            .Pointer(dx)
                            .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed))
-                    _device.Launch(KernelFor(kernelDType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), LoraTileGrid(tokens, inFeatures), new Dim3(LoraTileThreads), 0,
+                    gpu.Launch(GpuLaunch.KernelFor(kernelDType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), GpuLaunch.TileGrid(tokens, inFeatures), new Dim3(GpuLaunch.TileThreads), 0,
                                    args);
             }
         }
@@ -57,13 +61,13 @@ internal sealed partial class GpuBackend
         using (var args = new KernelArguments()
                    .Pointer(dy).Pointer(u).Pointer(g)
                    .Int(tokens).Int(outFeatures).Int(rank).Float(1f))
-            _device.Launch(KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), LoraTileGrid(outFeatures, rank), new Dim3(LoraTileThreads), 0, args);
+            gpu.Launch(GpuLaunch.KernelFor(kernelDType, "lk_lora_grad_b_f32", "lk_lora_grad_b_bf16"), GpuLaunch.TileGrid(outFeatures, rank), new Dim3(GpuLaunch.TileThreads), 0, args);
         if (dLambdaB is not null)
         {
             using var args = new KernelArguments()
                 .Pointer(g).Pointer(veraB).Pointer(lambdaD).Pointer(dLambdaB)
                 .Int(outFeatures).Int(rank);
-            _device.Launch(KernelFor(kernelDType, "lk_vera_grad_lambda_b_f32", "lk_vera_grad_lambda_b_bf16"), new Dim3((uint)CeilDiv(outFeatures, VeraRowsPerBlock)),
+            gpu.Launch(GpuLaunch.KernelFor(kernelDType, "lk_vera_grad_lambda_b_f32", "lk_vera_grad_lambda_b_bf16"), new Dim3((uint)GpuLaunch.CeilDiv(outFeatures, VeraRowsPerBlock)),
                            new Dim3(VeraThreads), 0, args);
         }
         if (dLambdaD is not null)
@@ -71,17 +75,17 @@ internal sealed partial class GpuBackend
             using var args = new KernelArguments()
                 .Pointer(g).Pointer(veraB).Pointer(lambdaB).Pointer(dLambdaD)
                 .Int(outFeatures).Int(rank);
-            _device.Launch(KernelFor(kernelDType, "lk_vera_grad_lambda_d_f32", "lk_vera_grad_lambda_d_bf16"), new Dim3((uint)CeilDiv(rank, VeraColumnsPerBlock)),
+            gpu.Launch(GpuLaunch.KernelFor(kernelDType, "lk_vera_grad_lambda_d_f32", "lk_vera_grad_lambda_d_bf16"), new Dim3((uint)GpuLaunch.CeilDiv(rank, VeraColumnsPerBlock)),
                            new Dim3(VeraThreads), 0, args);
         }
     }
 
-    public void VeraMerge(Tensor w, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, float scale)
+    public void Merge(Tensor w, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, float scale)
     {
         var (aDense, bFolded) = VeraFold(w, veraA, veraB, lambdaD, lambdaB);
         using (aDense)
         using (bFolded)
-            LoraMerge(w, aDense ?? veraA, bFolded, scale);
+            _lora.Merge(w, aDense ?? veraA, bFolded, scale);
     }
 
     /// <summary>
@@ -103,7 +107,7 @@ internal sealed partial class GpuBackend
                 .Pointer(veraA).Int(lda).Pointer(veraB).Pointer(lambdaD).Pointer(lambdaB)
                 .Pointer(aDense).Pointer(bFolded)
                 .Int(inFeatures).Int(outFeatures).Int(rank);
-            _device.Launch(KernelFor(w0.DType, "lk_vera_fold_f32", "lk_vera_fold_bf16"), new Dim3(ElementwiseGrid(total, _device.MultiprocessorCount)),
+            gpu.Launch(GpuLaunch.KernelFor(w0.DType, "lk_vera_fold_f32", "lk_vera_fold_bf16"), new Dim3(GpuLaunch.ElementwiseGrid(total, gpu.Device.MultiprocessorCount)),
                            new Dim3(VeraThreads), 0, args);
             return (aDense, bFolded);
         }
