@@ -1,15 +1,16 @@
-// Reverse-mode autograd over the ops a LoRA training step needs. Each recorded op runs forward
-// at once and appends a closure that, during Backward, turns its output's gradient into its
-// inputs' gradients; Backward runs the closures in reverse order. Gradients reaching the same
-// variable or parameter are summed (axpy): parameters keep summing across backward passes until
-// ZeroGrad, as in PyTorch. Every tensor the tape creates (op outputs, saved intermediates such as
+// Reverse-mode autograd. An op runs forward at once and is recorded with Record: the tape keeps its
+// output and the tensors its backward needs, and a closure that, during Backward, turns the output's
+// gradient into its inputs' and parameters' gradients; Backward runs the closures in reverse order.
+// Layers record themselves (each adapter layer's Forward(Tape, Variable) calls Record with its own
+// backward), so the tape knows no layer; the graph ops here (ReLU, casts) use Record too, and a new
+// graph op (softmax, top-k, gather, scatter-add for routers) is one more Record call. Gradients
+// reaching the same variable or parameter are summed (axpy): parameters keep summing across backward
+// passes until ZeroGrad, as in PyTorch. Every tensor the tape creates (op outputs, saved intermediates such as
 // LoRA's u, variable gradients) is owned by the tape and freed on Reset or Dispose; parameter
 // gradients belong to their parameters.
-using LoraKernels.Layers;
-
 namespace LoraKernels.Autograd;
 
-public sealed partial class Tape : IDisposable
+public sealed class Tape : IDisposable
 {
     private readonly List<Action> _backward = new();
     private readonly List<Tensor> _owned = new();
@@ -19,52 +20,48 @@ public sealed partial class Tape : IDisposable
     private bool _backwardDone;
     private bool _disposed;
 
-    /// <summary>Records y = layer(x): the fused LoRA forward, with dropout when the layer is training.</summary>
-    /// <exception cref="InvalidOperationException">The layer is merged (unmerge it to train).</exception>
-    public Variable Lora(LoraLinear layer, Variable x)
+    /// <summary>
+    /// Records an op whose forward has already run: the tape takes ownership of <paramref name="output"/>
+    /// and of <paramref name="saved"/> (tensors its backward reads) and returns the output's variable.
+    /// When the output depends on an input or parameter that requires a gradient, <paramref name="backward"/>
+    /// runs during <see cref="Backward()"/> with the output's gradient; its <see cref="Gradients"/> are summed
+    /// into the inputs' and parameters' Grad. Inputs must come from the caller or from this tape's
+    /// current recording (an output of another tape could never receive its gradient).
+    /// </summary>
+    public Variable Record(Tensor output, IReadOnlyList<Variable> inputs, IReadOnlyList<Parameter> parameters,
+                           BackwardFunction backward, params Tensor[] saved)
     {
-        ArgumentNullException.ThrowIfNull(layer);
-        CheckInput(x);
-        ThrowIfUnusable();
-        if (layer.Merged)
-            throw new InvalidOperationException("The LoraLinear layer is merged (W0 holds W0 + s·B·A); call Unmerge before training it.");
-        float scale = layer.Scale;
-        float dropoutP = layer.Training ? layer.Dropout : 0f;
-        ulong seed = dropoutP > 0f ? layer.NextDropoutSeed() : 0;
-        Parameter a = layer.A, b = layer.B;
-        Tensor w0 = layer.W0;
-
-        var (y, u) = Ops.Lora.Forward(x.Value, w0, layer.Bias, a.Value, b.Value, scale, dropoutP, seed);
-        Own(y);
-        Own(u);
-        var output = NewOutput(y, x.RequiresGrad || a.RequiresGrad || b.RequiresGrad);
-        if (output.RequiresGrad)
+        ArgumentNullException.ThrowIfNull(output);
+        ArgumentNullException.ThrowIfNull(inputs);
+        ArgumentNullException.ThrowIfNull(parameters);
+        ArgumentNullException.ThrowIfNull(backward);
+        ArgumentNullException.ThrowIfNull(saved);
+        try
         {
+            ThrowIfUnusable();
+            for (int i = 0; i < inputs.Count; i++) CheckInput(inputs[i], $"inputs[{i}]");
+        }
+        catch
+        {
+            output.Dispose();
+            foreach (Tensor tensor in saved) tensor?.Dispose();
+            throw;
+        }
+        Own(output);
+        foreach (Tensor tensor in saved) Own(tensor);
+        bool requiresGrad = inputs.Any(v => v.RequiresGrad) || parameters.Any(p => p.RequiresGrad);
+        var result = NewOutput(output, requiresGrad);
+        if (requiresGrad)
+        {
+            Variable[] inputList = [.. inputs];
+            Parameter[] parameterList = [.. parameters];
             _backward.Add(() =>
             {
-                if (output.Grad is null) return;
-                var (dx, dA, dB) = Ops.Lora.Backward(x.Value, w0, a.Value, b.Value, u, output.Grad, scale, dropoutP, seed,
-                                                     needDx: x.RequiresGrad, needDA: a.RequiresGrad, needDB: b.RequiresGrad);
-                try
-                {
-                    AccumulateParameter(a, ref dA);
-                    AccumulateParameter(b, ref dB);
-                    if (dx is not null)
-                    {
-                        AccumulateVariable(x, Own(dx));
-                        dx = null;
-                    }
-                }
-                finally
-                {
-                    // Only what an accumulation that threw did not take over is left here.
-                    dA?.Dispose();
-                    dB?.Dispose();
-                    dx?.Dispose();
-                }
+                if (result.Grad is null) return;
+                Accumulate(inputList, parameterList, backward(new BackwardContext(result.Grad, inputList, parameterList)));
             });
         }
-        return output;
+        return result;
     }
 
     /// <summary>Records max(x, 0) (F32).</summary>
@@ -72,17 +69,8 @@ public sealed partial class Tape : IDisposable
     {
         CheckInput(x);
         ThrowIfUnusable();
-        Tensor y = Own(Ops.Elementwise.Relu(x.Value));
-        var output = NewOutput(y, x.RequiresGrad);
-        if (output.RequiresGrad)
-        {
-            _backward.Add(() =>
-            {
-                if (output.Grad is null) return;
-                AccumulateVariable(x, Own(Ops.Elementwise.ReluBackward(x.Value, output.Grad)));
-            });
-        }
-        return output;
+        return Record(Ops.Elementwise.Relu(x.Value), [x], [],
+                      g => Gradients.ForInputs(Ops.Elementwise.ReluBackward(x.Value, g.OutputGradient)));
     }
 
     /// <summary>Records a dtype conversion (e.g. a BF16 layer's output to F32 for ReLU or the loss); its gradient is cast back.</summary>
@@ -90,18 +78,9 @@ public sealed partial class Tape : IDisposable
     {
         CheckInput(x);
         ThrowIfUnusable();
-        Tensor y = Own(Ops.Elementwise.Cast(x.Value, dtype));
-        var output = NewOutput(y, x.RequiresGrad);
-        if (output.RequiresGrad)
-        {
-            DType inputDType = x.Value.DType;
-            _backward.Add(() =>
-            {
-                if (output.Grad is null) return;
-                AccumulateVariable(x, Own(Ops.Elementwise.Cast(output.Grad, inputDType)));
-            });
-        }
-        return output;
+        DType inputDType = x.Value.DType;
+        return Record(Ops.Elementwise.Cast(x.Value, dtype), [x], [],
+                      g => Gradients.ForInputs(Ops.Elementwise.Cast(g.OutputGradient, inputDType)));
     }
 
     /// <summary>Records the loss mean((pred - target)²) (F32) and returns its value; Backward starts from it.</summary>
@@ -128,6 +107,25 @@ public sealed partial class Tape : IDisposable
         ThrowIfUnusable();
         if (!_hasLoss) throw new InvalidOperationException("Backward needs a loss: record one with MseLoss first.");
         _backwardDone = true;
+        for (int i = _backward.Count - 1; i >= 0; i--) _backward[i]();
+    }
+
+    /// <summary>
+    /// Back-propagates from <paramref name="output"/> given d(loss)/d(output) = <paramref name="gradient"/>
+    /// (the output's dtype and shape; copied, the caller keeps it), for a loss the tape does not compute:
+    /// fills Grad of every parameter and input variable that requires it, as <see cref="Backward()"/> does.
+    /// Any loss recorded on the tape contributes as well.
+    /// </summary>
+    public void Backward(Variable output, Tensor gradient)
+    {
+        ThrowIfUnusable();
+        CheckInput(output);
+        if (output.Producer is null)
+            throw new ArgumentException("Backward: output is an input the caller made, not an op recorded on this tape.", nameof(output));
+        Ops.Checks.Alive(gradient, "Tape.Backward", nameof(gradient));
+        Ops.Checks.SameAs("Tape.Backward", nameof(gradient), gradient, "output", output.Value);
+        _backwardDone = true;
+        if (output.RequiresGrad) AccumulateVariable(output, Own(gradient.Clone()));
         for (int i = _backward.Count - 1; i >= 0; i--) _backward[i]();
     }
 
@@ -161,7 +159,7 @@ public sealed partial class Tape : IDisposable
     /// An op's input must be a caller-made variable or an output of this tape's current recording: an
     /// output of another tape would never receive its gradient, since only that tape can run its backward.
     /// </summary>
-    private void CheckInput(Variable x, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(x))] string name = "")
+    internal void CheckInput(Variable x, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(x))] string name = "")
     {
         ArgumentNullException.ThrowIfNull(x, name);
         if (x.Producer is null) return;
@@ -172,6 +170,13 @@ public sealed partial class Tape : IDisposable
             throw new InvalidOperationException($"{name} was recorded before this tape's last Reset; its tensor has been freed. Record it again.");
     }
 
+    /// <summary>What an op checks before it runs its forward: the tape can record, and x may be its input.</summary>
+    internal void CheckRecording(Variable x, [System.Runtime.CompilerServices.CallerArgumentExpression(nameof(x))] string name = "")
+    {
+        ThrowIfUnusable();
+        CheckInput(x, name);
+    }
+
     /// <summary>A variable for an op's output, owned by this recording.</summary>
     private Variable NewOutput(Tensor y, bool requiresGrad) => new(y, requiresGrad) { Producer = this, Recording = _recording };
 
@@ -179,6 +184,38 @@ public sealed partial class Tape : IDisposable
     {
         _owned.Add(tensor);
         return tensor;
+    }
+
+    /// <summary>Takes a backward function's gradients: inputs' into their variables, parameters' into their Grad; frees what is left if one throws.</summary>
+    private void Accumulate(Variable[] inputs, Parameter[] parameters, Gradients gradients)
+    {
+        var pending = new List<Tensor>();
+        for (int i = 0; i < gradients.Inputs.Count; i++) if (gradients.Inputs[i] is { } g) pending.Add(g);
+        for (int i = 0; i < gradients.Parameters.Count; i++) if (gradients.Parameters[i] is { } g) pending.Add(g);
+        try
+        {
+            if (gradients.Inputs.Count > inputs.Length || gradients.Parameters.Count > parameters.Length)
+                throw new InvalidOperationException(
+                    $"A backward function returned {gradients.Inputs.Count} input and {gradients.Parameters.Count} parameter gradients for an op of {inputs.Length} inputs and {parameters.Length} parameters.");
+            for (int i = 0; i < gradients.Inputs.Count; i++)
+            {
+                if (gradients.Inputs[i] is not { } gradient) continue;
+                pending.Remove(gradient);
+                AccumulateVariable(inputs[i], Own(gradient));
+            }
+            for (int i = 0; i < gradients.Parameters.Count; i++)
+            {
+                Tensor? gradient = gradients.Parameters[i];
+                if (gradient is null) continue;
+                Tensor taken = gradient;
+                AccumulateParameter(parameters[i], ref gradient);  // consumes it (gradient becomes null) unless it throws
+                pending.Remove(taken);
+            }
+        }
+        finally
+        {
+            foreach (Tensor left in pending) left.Dispose();
+        }
     }
 
     /// <summary>Adds <paramref name="gradient"/> (Value's dtype, already owned by the tape) into the variable's gradient.</summary>

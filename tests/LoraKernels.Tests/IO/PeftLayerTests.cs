@@ -196,7 +196,7 @@ public sealed class PeftLayerTests
             }
             else
             {
-                Tensor w0 = layer switch { DenseAdapterLinear d => d.W0, DoraLinear d => d.W0, _ => throw new InvalidOperationException() };
+                Tensor w0 = layer switch { AdaptedLinear<DenseLinear> d => d.Base.Weight, DoraLinear d => d.W0, _ => throw new InvalidOperationException() };
                 writer.AddSingles($"{module}.weight", w0.ToArray(), [Out, In]);
             }
             if (module == Q) writer.AddSingles($"{module}.bias", biases[module], [Out]);

@@ -1,41 +1,41 @@
 // A linear layer with a DoRA adapter, as PEFT's lora.Linear with use_dora=True (REFERENCE.md §2):
 //   y = bias + (m / n) ⊙ (x W0ᵀ + s·(x Aᵀ) Bᵀ),   n = ‖W0 + s·B·A‖_row (detached),
-// s = alpha/r (or alpha/sqrt(r) with rsLoRA). A and B are initialised as LoraLinear's (A
-// U(±1/sqrt(in)) from SplitMix64(seed), B = 0; RankAdapter) and the magnitude m [out] as PEFT's,
-// m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base layer. ‖W0‖²_row is
-// computed once (W0 is frozen) and every forward derives n from it without forming B·A.
+// s = alpha/r (or alpha/sqrt(r) with rsLoRA). Base × delta: a dense frozen base (DenseLinear) or, for
+// QDoRA, a 4-bit one (Nf4Linear over a QuantizedWeight the layer takes, F32 compute dtype), × the
+// low-rank delta (LowRankDelta, initialised as LoraLinear's, so B = 0) and the magnitude m [out],
+// initialised as PEFT's, m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base
+// layer. ‖W0‖²_row is computed once (W0 is frozen; for QDoRA by dequantizing into a temporary) and
+// every forward derives n from it without forming B·A (deq(W) never formed either).
 // Dropout: with p > 0 in training the layer runs PEFT's dropout formula (Ops.Dora.ForwardWithDropout:
 // y = (x W0ᵀ + b) + (g − 1) ⊙ (x_d W0ᵀ) + g ⊙ s·(x_d Aᵀ Bᵀ), a second base product), F32 layers only
 // (a BF16 layer training with dropout throws NotSupportedException); eval ignores dropout, as PEFT
-// does. Each dropout forward draws its seed from the layer's stream (as LoraLinear). Merge folds the adapter as PEFT does,
-// W0 ← (m/n) ⊙ (W0 + s·B·A), keeping n for Unmerge; while merged the layer computes x W0ᵀ + bias.
-// QDoRA: over a QuantizedWeight base (F32 compute dtype) the layer owns the weight, as QloraLinear
-// owns its 4-bit base; ‖deq(W)‖²_row is computed once by dequantizing into a temporary, and each
-// step runs the quantized Ops.Dora overloads (deq(W) never formed). Merge on a quantized base throws
-// NotSupportedException (PEFT dequantizes, merges and requantizes; this build does not).
+// does. Each dropout forward draws its seed from the delta's stream (as LoraLinear). Merge folds the
+// adapter as PEFT does, W0 ← (m/n) ⊙ (W0 + s·B·A), keeping n for Unmerge; while merged the layer
+// computes x W0ᵀ + bias. Merge on a quantized base throws NotSupportedException (PEFT dequantizes,
+// merges and requantizes; this build does not).
 using LoraKernels.Autograd;
-using LoraKernels.Runtime;
 
 namespace LoraKernels.Layers;
 
-public sealed class DoraLinear : IAdapterLayer
+public sealed class DoraLinear : AdaptedLinear<FrozenLinear>
 {
     private const string Op = "DoraLinear";
 
+    private readonly LowRankDelta _delta;
     private readonly Tensor _w0RowSquaredNorm;
-    private readonly Tensor? _w0;
-    private readonly SplitMix64 _dropoutSeeds;
     private Tensor? _mergedNorm;
-    private bool _disposed;
 
     /// <summary>
     /// Wraps the base weight <paramref name="w0"/> [out, in] (and <paramref name="bias"/> [out]),
     /// copied to <paramref name="device"/> in <paramref name="dtype"/>; the caller keeps its tensors.
+    /// The scale is PEFT's, s = alpha/r (alpha/√r with <paramref name="useRsLora"/>).
     /// </summary>
     public DoraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                       bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
-        : this(device, DenseBase(device, w0, bias, r, alpha, dropout, dtype), r, alpha, dropout, useRsLora, seed)
+        : base(DenseLinear.Create(Op, device, w0, bias, dtype,
+                                  (outFeatures, inFeatures) => LowRankDelta.CheckArguments(Op, r, alpha, dropout, outFeatures, inFeatures)))
     {
+        (_delta, _w0RowSquaredNorm, Magnitude) = CreateDelta(r, alpha, dropout, useRsLora, seed);
     }
 
     /// <summary>
@@ -46,160 +46,64 @@ public sealed class DoraLinear : IAdapterLayer
     /// </summary>
     public DoraLinear(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                       bool useRsLora = false, ulong seed = 0)
-        : this(device, QuantizedBase(device, w0, bias, r, alpha, dropout), r, alpha, dropout, useRsLora, seed)
+        : base(QuantizedBase(device, w0, bias, r, alpha, dropout))
     {
+        (_delta, _w0RowSquaredNorm, Magnitude) = CreateDelta(r, alpha, dropout, useRsLora, seed);
     }
 
     /// <summary>
-    /// Takes ownership of the checked base, then creates A and B (RankAdapter), ‖W0‖²_row and the
-    /// magnitude m0 = ‖W0‖_row; if any of these fails, releases everything already owned, the base included.
+    /// A and B (LowRankDelta), ‖W0‖²_row and the magnitude m0 = ‖W0‖_row; if any of these fails, everything
+    /// already owned is released, the base included (Create).
     /// </summary>
-    private DoraLinear(Device device, FrozenBase frozen, int r, float alpha, float dropout, bool useRsLora, ulong seed)
+    private (LowRankDelta, Tensor, Parameter) CreateDelta(int r, float alpha, float dropout, bool useRsLora, ulong seed)
     {
-        Device = device;
-        DType = frozen.DType;
-        InFeatures = frozen.InFeatures;
-        OutFeatures = frozen.OutFeatures;
-        _w0 = frozen.Dense;
-        QuantizedW0 = frozen.Quantized;
-        Bias = frozen.Bias;
-        Rank = r;
-        Alpha = alpha;
-        Dropout = dropout;
-        UseRsLora = useRsLora;
-        Scale = RankAdapter.Scale(alpha, r, useRsLora);
-        _dropoutSeeds = RankAdapter.DropoutSeeds(seed);
-        try
+        LowRankDelta delta = Create(() => new LowRankDelta(Device, DType, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures));
+        Tensor rowSquaredNorm = Create(() => QuantizedW0 is { } q ? Ops.Dora.RowSquaredNorm(q) : Ops.Dora.RowSquaredNorm(W0));
+        Parameter magnitude = Create(() =>
         {
-            (A, B) = RankAdapter.CreatePair(device, DType, r, InFeatures, OutFeatures, seed);
-            _w0RowSquaredNorm = QuantizedW0 is not null ? Ops.Dora.RowSquaredNorm(QuantizedW0) : Ops.Dora.RowSquaredNorm(W0);
-            using Tensor initialNorm = WeightNorm();
-            Magnitude = new Parameter("lora_magnitude_vector", Nf4Linear.CopyTo(initialNorm, device, DType));
-        }
-        catch
-        {
-            Dispose();
-            throw;
-        }
+            using Tensor initialNorm = NormOf(delta, rowSquaredNorm);
+            return new Parameter("lora_magnitude_vector", FrozenLinear.CopyTo(initialNorm, Device, DType));
+        });
+        return (delta, rowSquaredNorm, magnitude);
     }
 
-    /// <summary>The frozen base a constructor has checked and owns: a dense copy or the quantized weight, and the bias copy.</summary>
-    private readonly record struct FrozenBase(Tensor? Dense, QuantizedWeight? Quantized, Tensor? Bias, DType DType,
-                                              int OutFeatures, int InFeatures);
+    public int Rank => _delta.Rank;
+    public float Alpha => _delta.Alpha;
+    public float Dropout => _delta.Dropout;
+    public bool UseRsLora => _delta.UseRsLora;
 
-    /// <summary>Checks the dense base and the adapter's arguments, then copies w0 and bias to the layer's device and dtype.</summary>
-    private static FrozenBase DenseBase(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout, DType dtype)
-    {
-        ArgumentNullException.ThrowIfNull(device);
-        Ops.Checks.Alive(w0, Op, nameof(w0));
-        (long outFeatures, long inFeatures) = Ops.Checks.Matrix(Op, nameof(w0), w0, "out, in");
-        CheckBiasAndAdapter(bias, r, alpha, dropout, outFeatures, inFeatures, w0.Describe());
-        Ops.Checks.FiniteBase(Op, nameof(w0), w0, bias);
-        Tensor dense = Nf4Linear.CopyTo(w0, device, dtype);
-        try
-        {
-            Tensor? biasCopy = bias is null ? null : Nf4Linear.CopyTo(bias, device, dtype);
-            return new FrozenBase(dense, null, biasCopy, dtype, (int)outFeatures, (int)inFeatures);
-        }
-        catch
-        {
-            dense.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>Checks the quantized base and the adapter's arguments, then copies bias; disposes w0 when anything fails.</summary>
-    private static FrozenBase QuantizedBase(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout)
-    {
-        ArgumentNullException.ThrowIfNull(w0);
-        try
-        {
-            ArgumentNullException.ThrowIfNull(device);
-            w0.ThrowIfDisposed(nameof(w0));
-            if (w0.Shape.Count != 2 || w0.Shape[0] < 1 || w0.Shape[1] < 1)
-                throw new ArgumentException($"{Op}: w0 must be a quantized matrix [out, in], got {w0.Describe()}", nameof(w0));
-            if (!ReferenceEquals(w0.Device, device))
-                throw new ArgumentException($"{Op}: w0 is on {w0.Device}, the layer on {device}; quantize on the layer's device.", nameof(w0));
-            if (w0.DType != DType.F32)
-                throw new NotSupportedException($"{Op}: QDoRA needs an F32 compute dtype in this build (its norm reads A·deq(W)ᵀ in fp32), got {w0.Describe()}.");
-            long outFeatures = w0.Shape[0], inFeatures = w0.Shape[1];
-            CheckBiasAndAdapter(bias, r, alpha, dropout, outFeatures, inFeatures, w0.Describe());
-            Ops.Checks.FiniteBias(Op, bias);
-            Tensor? biasCopy = bias is null ? null : Nf4Linear.CopyTo(bias, device, DType.F32);
-            return new FrozenBase(null, w0, biasCopy, DType.F32, (int)outFeatures, (int)inFeatures);
-        }
-        catch
-        {
-            w0.Dispose();
-            throw;
-        }
-    }
-
-    /// <summary>The checks both bases share, in DenseAdapterLinear's order: bias [out], r, alpha and dropout, then 32-bit dims.</summary>
-    private static void CheckBiasAndAdapter(Tensor? bias, int r, float alpha, float dropout, long outFeatures, long inFeatures,
-                                            string w0Description)
-    {
-        if (bias is not null)
-        {
-            Ops.Checks.Alive(bias, Op, nameof(bias));
-            if (bias.Rank != 1 || bias.Shape[0] != outFeatures)
-                throw new ArgumentException($"{Op}: bias must be [out] = [{outFeatures}], got {bias.Describe()}", nameof(bias));
-        }
-        RankAdapter.CheckArguments(Op, r, alpha, dropout, outFeatures, inFeatures);
-        if (inFeatures > int.MaxValue || outFeatures > int.MaxValue)
-            throw new ArgumentException($"{Op}: w0 is {w0Description}; in and out must fit in 32 bits.", "w0");
-    }
-
-    public Device Device { get; }
-    public DType DType { get; }
-    public int InFeatures { get; }
-    public int OutFeatures { get; }
-    public int Rank { get; }
-    public float Alpha { get; }
-    public float Dropout { get; }
-    public bool UseRsLora { get; }
+    /// <summary>The dropout seed the next training forward with dropout will use (tests draw it from a twin layer).</summary>
+    internal ulong NextDropoutSeed() => _delta.NextDropoutSeed();
 
     /// <summary>s = alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
-    public float Scale { get; }
+    public float Scale => _delta.Scale;
 
     /// <summary>lora_A [r, in].</summary>
-    public Parameter A { get; }
+    public Parameter A => _delta.A;
 
     /// <summary>lora_B [out, r].</summary>
-    public Parameter B { get; }
+    public Parameter B => _delta.B;
 
     /// <summary>lora_magnitude_vector [out] (the layer's dtype), initialised to ‖W0‖_row.</summary>
     public Parameter Magnitude { get; }
 
     /// <summary>The frozen dense base weight [out, in] (holding (m/n)·(W0 + s·B·A) while merged).</summary>
     /// <exception cref="InvalidOperationException">The base is quantized (see <see cref="QuantizedW0"/>).</exception>
-    public Tensor W0 => _w0 ?? throw new InvalidOperationException("The DoraLinear layer has a quantized base (QDoRA); see QuantizedW0.");
+    public Tensor W0 => Base is DenseLinear dense
+        ? dense.Weight
+        : throw new InvalidOperationException("The DoraLinear layer has a quantized base (QDoRA); see QuantizedW0.");
 
     /// <summary>The frozen 4-bit base weight [out, in] of a QDoRA layer (owned), or null for a dense base.</summary>
-    public QuantizedWeight? QuantizedW0 { get; }
+    public QuantizedWeight? QuantizedW0 => (Base as Nf4Linear)?.Weight;
 
     /// <summary>Whether the base is quantized (QDoRA).</summary>
-    public bool IsQuantized => QuantizedW0 is not null;
-
-    /// <summary>The frozen base bias [out], or null.</summary>
-    public Tensor? Bias { get; }
-
-    /// <summary>PyTorch's module.training; true for a new layer. Dropout applies only while training.</summary>
-    public bool Training { get; set; } = true;
+    public bool IsQuantized => Base is Nf4Linear;
 
     public bool Merged { get; private set; }
 
-    /// <summary>Records the layer on <paramref name="tape"/> (see <see cref="Tape.Dora"/>).</summary>
-    public Variable Forward(Tape tape, Variable x)
-    {
-        ArgumentNullException.ThrowIfNull(tape);
-        ThrowIfDisposed();
-        return tape.Dora(this, x);
-    }
-
     /// <summary>y [M, out] for x [M, in] without recording gradients.</summary>
     /// <exception cref="NotSupportedException">A BF16 layer training with Dropout &gt; 0.</exception>
-    public Tensor Forward(Tensor x)
+    public override Tensor Forward(Tensor x)
     {
         ThrowIfDisposed();
         if (Merged)
@@ -213,13 +117,13 @@ public sealed class DoraLinear : IAdapterLayer
         using Tensor norm = WeightNorm();
         if (DropoutActive)
         {
-            var (yDropout, state) = Ops.Dora.ForwardWithDropout(x, _w0, QuantizedW0, Bias, A.Value, B.Value, Magnitude.Value, norm,
-                                                                Scale, Dropout, NextDropoutSeed());
+            var (yDropout, state) = Ops.Dora.ForwardWithDropout(x, DenseW0, QuantizedW0, Bias, A.Value, B.Value, Magnitude.Value, norm,
+                                                                Scale, Dropout, _delta.NextDropout(Training).Seed);
             state.Dispose();
             return yDropout;
         }
-        var (y, u, _) = QuantizedW0 is not null
-            ? Ops.Dora.Forward(x, QuantizedW0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false)
+        var (y, u, _) = QuantizedW0 is { } q
+            ? Ops.Dora.Forward(x, q, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false)
             : Ops.Dora.Forward(x, W0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false);
         u.Dispose();
         return y;
@@ -230,9 +134,7 @@ public sealed class DoraLinear : IAdapterLayer
     {
         ThrowIfDisposed();
         if (Merged) throw new InvalidOperationException("The DoraLinear layer is merged; its weight norm is that of the unmerged W0 (call Unmerge).");
-        return QuantizedW0 is not null
-            ? Ops.Dora.WeightNorm(QuantizedW0, A.Value, B.Value, Scale, _w0RowSquaredNorm)
-            : Ops.Dora.WeightNorm(W0, A.Value, B.Value, Scale, _w0RowSquaredNorm);
+        return NormOf(_delta, _w0RowSquaredNorm);
     }
 
     /// <summary>W0 ← (m/n) ⊙ (W0 + s·B·A) (PEFT merge), n kept for Unmerge. Does nothing when already merged.</summary>
@@ -240,7 +142,7 @@ public sealed class DoraLinear : IAdapterLayer
     public void Merge()
     {
         ThrowIfDisposed();
-        if (QuantizedW0 is not null)
+        if (IsQuantized)
             throw new NotSupportedException(
                 "DoraLinear: merging into a quantized base is not supported (PEFT dequantizes, merges and requantizes, which changes the base); " +
                 "build a dense DoraLinear from Ops.Nf4.Dequantize(QuantizedW0) to merge.");
@@ -271,20 +173,90 @@ public sealed class DoraLinear : IAdapterLayer
     }
 
     /// <summary>The trainable parameters: A, B, then the magnitude.</summary>
-    public IEnumerable<Parameter> Parameters()
+    public override IEnumerable<Parameter> Parameters()
     {
         yield return A;
         yield return B;
         yield return Magnitude;
     }
 
+    /// <summary>
+    /// The weight norm (detached, PEFT's `.detach()`: a constant of the step), the forward, and a backward
+    /// that fills A's, B's and the magnitude's gradients and x's (Ops.Dora.Backward); with dropout in
+    /// training, PEFT's dropout path (Ops.Dora.ForwardWithDropout) with its state kept for the backward.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The layer is merged (unmerge it to train).</exception>
+    /// <exception cref="NotSupportedException">A BF16 layer training with dropout &gt; 0.</exception>
+    private protected override Variable Record(Tape tape, Variable x)
+    {
+        if (Merged)
+            throw new InvalidOperationException("The DoraLinear layer is merged (W0 holds (m/n)·(W0 + s·B·A)); call Unmerge before training it.");
+        ThrowIfDropoutUnsupported();
+        float scale = Scale;
+        Parameter a = A, b = B, magnitude = Magnitude;
+        QuantizedWeight? quantized = QuantizedW0;
+        Tensor? w0 = DenseW0;
+        Tensor norm = WeightNorm();
+        Parameter[] parameters = [a, b, magnitude];
+        if (DropoutActive)
+        {
+            float p = Dropout;
+            ulong seed = _delta.NextDropout(Training).Seed;
+            Ops.Dora.DropoutState state;
+            Tensor yDropout;
+            try
+            {
+                (yDropout, state) = Ops.Dora.ForwardWithDropout(x.Value, w0, quantized, Bias, a.Value, b.Value, magnitude.Value, norm,
+                                                                scale, p, seed);
+            }
+            catch
+            {
+                norm.Dispose();
+                throw;
+            }
+            return tape.Record(yDropout, [x], parameters, g =>
+            {
+                var (dx, dA, dB, dm) = Ops.Dora.BackwardWithDropout(x.Value, w0, quantized, a.Value, b.Value, magnitude.Value, norm, state,
+                                                                    g.OutputGradient, scale, p, seed, needDx: g.NeedsInput(0),
+                                                                    needDA: g.NeedsParameter(0), needDB: g.NeedsParameter(1),
+                                                                    needDMagnitude: g.NeedsParameter(2));
+                return new Gradients([dx], [dA, dB, dm]);
+            }, norm, state.U, state.Z, state.XDropped);
+        }
+        Tensor y, u, z;
+        try
+        {
+            Tensor? keptZ;
+            (y, u, keptZ) = quantized is not null
+                ? Ops.Dora.Forward(x.Value, quantized, Bias, a.Value, b.Value, magnitude.Value, norm, scale)
+                : Ops.Dora.Forward(x.Value, w0!, Bias, a.Value, b.Value, magnitude.Value, norm, scale);
+            z = keptZ!;
+        }
+        catch
+        {
+            norm.Dispose();
+            throw;
+        }
+        return tape.Record(y, [x], parameters, g =>
+        {
+            var (dx, dA, dB, dm) = quantized is not null
+                ? Ops.Dora.Backward(x.Value, quantized, a.Value, b.Value, magnitude.Value, norm, u, z, g.OutputGradient, scale,
+                                    needDx: g.NeedsInput(0), needDA: g.NeedsParameter(0), needDB: g.NeedsParameter(1),
+                                    needDMagnitude: g.NeedsParameter(2))
+                : Ops.Dora.Backward(x.Value, w0!, a.Value, b.Value, magnitude.Value, norm, u, z, g.OutputGradient, scale,
+                                    needDx: g.NeedsInput(0), needDA: g.NeedsParameter(0), needDB: g.NeedsParameter(1),
+                                    needDMagnitude: g.NeedsParameter(2));
+            return new Gradients([dx], [dA, dB, dm]);
+        }, norm, u, z);
+    }
+
+    /// <summary>The dense base weight, or null for QDoRA.</summary>
+    private Tensor? DenseW0 => (Base as DenseLinear)?.Weight;
+
     /// <summary>Whether a forward now runs PEFT's dropout path (training with Dropout &gt; 0).</summary>
-    internal bool DropoutActive => Training && Dropout > 0f;
+    private bool DropoutActive => Training && Dropout > 0f;
 
-    /// <summary>The dropout seed of the next training forward.</summary>
-    internal ulong NextDropoutSeed() => _dropoutSeeds.NextUInt64();
-
-    internal void ThrowIfDropoutUnsupported()
+    private void ThrowIfDropoutUnsupported()
     {
         if (DropoutActive && DType != DType.F32)
             throw new NotSupportedException(
@@ -292,20 +264,41 @@ public sealed class DoraLinear : IAdapterLayer
                 "use dropout 0, an F32 layer, or set Training = false for inference.");
     }
 
-    private void ThrowIfDisposed() => ObjectDisposedException.ThrowIf(_disposed, this);
+    /// <summary>‖W0 + s·B·A‖_row of the base from its cached ‖W0‖²_row and <paramref name="delta"/>'s A and B.</summary>
+    private Tensor NormOf(LowRankDelta delta, Tensor rowSquaredNorm) =>
+        QuantizedW0 is { } q
+            ? Ops.Dora.WeightNorm(q, delta.A.Value, delta.B.Value, delta.Scale, rowSquaredNorm)
+            : Ops.Dora.WeightNorm(W0, delta.A.Value, delta.B.Value, delta.Scale, rowSquaredNorm);
 
-    public void Dispose()
+    private protected override void DisposeState() => _mergedNorm?.Dispose();
+
+    /// <summary>Checks the quantized base and the adapter's arguments, then wraps it with a copy of bias; disposes w0 when anything fails.</summary>
+    private static Nf4Linear QuantizedBase(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout)
     {
-        if (_disposed) return;
-        _disposed = true;
-        // A failing constructor calls this too, before A, B, the row norm or the magnitude may exist.
-        A?.Dispose();
-        B?.Dispose();
-        Magnitude?.Dispose();
-        _w0?.Dispose();
-        QuantizedW0?.Dispose();
-        Bias?.Dispose();
-        _w0RowSquaredNorm?.Dispose();
-        _mergedNorm?.Dispose();
+        ArgumentNullException.ThrowIfNull(w0);
+        try
+        {
+            ArgumentNullException.ThrowIfNull(device);
+            w0.ThrowIfDisposed(nameof(w0));
+            if (w0.Shape.Count != 2 || w0.Shape[0] < 1 || w0.Shape[1] < 1)
+                throw new ArgumentException($"{Op}: w0 must be a quantized matrix [out, in], got {w0.Describe()}", nameof(w0));
+            if (!ReferenceEquals(w0.Device, device))
+                throw new ArgumentException($"{Op}: w0 is on {w0.Device}, the layer on {device}; quantize on the layer's device.", nameof(w0));
+            if (w0.DType != DType.F32)
+                throw new NotSupportedException($"{Op}: QDoRA needs an F32 compute dtype in this build (its norm reads A·deq(W)ᵀ in fp32), got {w0.Describe()}.");
+            if (bias is not null)
+            {
+                Ops.Checks.Alive(bias, Op, nameof(bias));
+                if (bias.Rank != 1 || bias.Shape[0] != w0.Shape[0])
+                    throw new ArgumentException($"{Op}: bias must be [out] = [{w0.Shape[0]}], got {bias.Describe()}", nameof(bias));
+            }
+            LowRankDelta.CheckArguments(Op, r, alpha, dropout, w0.Shape[0], w0.Shape[1]);
+            return new Nf4Linear(w0, bias);
+        }
+        catch
+        {
+            w0.Dispose();
+            throw;
+        }
     }
 }

@@ -2,8 +2,8 @@
 //   y = x W0ᵀ + bias + λ_b ⊙ ((λ_d ⊙ (dropout(x) A_lᵀ)) B_lᵀ)   (no alpha or scaling)
 // with A_l, B_l the slices of shared frozen VeraProjections and two trainable vectors: λ_d [r]
 // starting at dInitial (PEFT's d_initial, 0.1) and λ_b [out] starting at 0, so a new layer computes
-// exactly the base layer. r + out trainable values per layer. W0 and bias are frozen copies owned by
-// the layer (DenseAdapterLinear); the projections are shared and not owned. Dropout acts on the
+// exactly the base layer. r + out trainable values per layer. A dense frozen base (DenseLinear: W0 and
+// bias copied, owned by the layer) × VeRA's rank-diagonal delta; the projections are shared and not owned. Dropout acts on the
 // adapter branch only, only while Training, with a fresh seed per forward call. Merge folds
 // diag(λ_b)·B_l·diag(λ_d)·A_l into W0; while merged the layer computes x W0ᵀ + bias alone and
 // refuses to be trained.
@@ -12,7 +12,7 @@ using LoraKernels.Runtime;
 
 namespace LoraKernels.Layers;
 
-public sealed class VeraLinear : DenseAdapterLinear
+public sealed class VeraLinear : AdaptedLinear<DenseLinear>
 {
     private readonly SplitMix64 _dropoutSeeds;
 
@@ -23,8 +23,8 @@ public sealed class VeraLinear : DenseAdapterLinear
     /// </summary>
     public VeraLinear(Device device, Tensor w0, Tensor? bias, VeraProjections projections, float dropout = 0f,
                       float dInitial = 0.1f, DType dtype = DType.F32, ulong dropoutSeed = 0)
-        : base("VeraLinear", device, w0, bias, dtype,
-               (outFeatures, inFeatures) => CheckArguments(device, w0, projections, dropout, dInitial, dtype, outFeatures, inFeatures))
+        : base(DenseLinear.Create("VeraLinear", device, w0, bias, dtype,
+                                  (outFeatures, inFeatures) => CheckArguments(device, w0, projections, dropout, dInitial, dtype, outFeatures, inFeatures)))
     {
         Projections = projections;
         Dropout = dropout;
@@ -46,6 +46,9 @@ public sealed class VeraLinear : DenseAdapterLinear
 
     /// <summary>vera_lambda_b [out].</summary>
     public Parameter LambdaB { get; }
+
+    /// <summary>The frozen base weight [out, in] (holding W0 + ΔW while merged).</summary>
+    public Tensor W0 => Base.Weight;
 
     public bool Merged { get; private set; }
 
@@ -95,10 +98,26 @@ public sealed class VeraLinear : DenseAdapterLinear
     }
 
     /// <summary>The dropout seed of the next forward call.</summary>
-    internal ulong NextDropoutSeed() => _dropoutSeeds.NextUInt64();
+    private ulong NextDropoutSeed() => _dropoutSeeds.NextUInt64();
 
-    /// <summary>See <see cref="Tape.Vera"/>.</summary>
-    private protected override Variable Record(Tape tape, Variable x) => tape.Vera(this, x);
+    /// <summary>Ops.Vera's fused forward, recorded with a backward that fills λ_d's, λ_b's and x's gradients (the projections are frozen).</summary>
+    /// <exception cref="InvalidOperationException">The layer is merged (unmerge it to train).</exception>
+    private protected override Variable Record(Tape tape, Variable x)
+    {
+        if (Merged) throw new InvalidOperationException("The VeraLinear layer is merged (W0 holds W0 + ΔW); call Unmerge before training it.");
+        float p = Training ? Dropout : 0f;
+        ulong seed = p > 0f ? NextDropoutSeed() : 0;
+        Parameter lambdaD = LambdaD, lambdaB = LambdaB;
+        Tensor w0 = W0, veraA = Projections.VeraA, veraB = Projections.VeraB;
+        var (y, u) = Ops.Vera.Forward(x.Value, w0, Bias, veraA, veraB, lambdaD.Value, lambdaB.Value, p, seed);
+        return tape.Record(y, [x], [lambdaD, lambdaB], g =>
+        {
+            var (dx, dLambdaD, dLambdaB) = Ops.Vera.Backward(w0, veraA, veraB, lambdaD.Value, lambdaB.Value, u, g.OutputGradient, p, seed,
+                                                             needDx: g.NeedsInput(0), needDLambdaD: g.NeedsParameter(0),
+                                                             needDLambdaB: g.NeedsParameter(1));
+            return new Gradients([dx], [dLambdaD, dLambdaB]);
+        }, u);
+    }
 
     /// <summary>The projections must be alive, match the layer's device and dtype and cover [out, in].</summary>
     private static void CheckArguments(Device device, Tensor w0, VeraProjections projections, float dropout, float dInitial,
