@@ -17,6 +17,7 @@
 //   lk_nf4_qlora_forward_decode_T  y and u for M <= 16, one launch             W-streaming GEMV
 //   lk_nf4_qlora_forward_tiled_T   y = x deq(W)ᵀ + bias + scale·u Bᵀ           tiled GEMM, LoRA as K
 //   lk_nf4_grad_x_T              dx = dy deq(W) + dropout'(du A), one pass     tiled GEMM, LoRA as K
+//   lk_nf4_project_f32           P = deq(W) Aᵀ in double (QDoRA's weight norm) one warp per W row
 // u for the tiled forward comes from lk_lora_project_T, and dA, dB, du reuse lk_lora_grad_a/_b/_u
 // (kernels/lora.cu): they never touch W.
 //
@@ -58,6 +59,14 @@
 //     du A first, applies each output's dropout factor, then continues with dy deq(W). A copy of
 //     the engine rather than a shared header: kernels may include only common.cuh.
 //
+//   * project (QDoRA's norm, kernels/dora.cu explains the method): dora.cu's lk_dora_project with W's
+//     rows decoded on the fly: each lane's products go into fp32 partial sums of at most
+//     kProjectPartialTerms = 64 terms (LK_DORA_PARTIAL_TERMS), flushed to double, and the warp
+//     reduces in double, so P errs by at most γ_64 relative to Σ|deq(w)·a|. Tables in shared memory
+//     as for the other consumers; 8 columns of P per pass over a row (each code decoded ceil(r/8)
+//     times, from L1). A copy of dora.cu's loop rather than a shared header: kernels may include
+//     only common.cuh, and only this file holds the 4-bit tables.
+//
 // Assumptions: row-major dense tensors; W is [out, in] flattened row-major (quantization blocks
 // may cross rows); every matmul dimension and out·in < 2^31 (the C# side guarantees it), so int
 // indices suffice there; quantize/dequantize take 64-bit n. blocksize is a power of two in
@@ -75,6 +84,7 @@
 //   qlora decode   FLOPs 2·M·(n + out·r) + grid·2·M·r·in; bytes matmul decode + s·(r·in + out·r) + 4·M·r
 //   qlora tiled    FLOPs 2·M·(n + out·r);         min bytes matmul tiled + s·out·r + 4·M·r
 //   grad_x         FLOPs 2·M·(n + r·in);          min bytes n/2 + stats + s·(M·out + r·in + M·in) + 4·M·r
+//   project        FLOPs 2·n·r;                   bytes n/2 + stats + 8·out·r, A per row from L1/L2
 #include "common.cuh"
 
 // Device tables: __constant__ under CUDA, ordinary read-only arrays under the emulator.
@@ -751,6 +761,59 @@ LK_DEVICE void lk_nf4_forward_decode(const T* x, const lk_u8* codes, const float
         for (int i = tid; i < M * r; i += kDecodeThreads) u[i] = s.u[i];
 }
 
+// ---- QDoRA's projection, P = deq(W) Aᵀ in double ------------------------------------------------------
+constexpr int kProjectThreads = 256;
+constexpr int kProjectWarps = kProjectThreads / 32;  // rows of W per block, one per warp
+constexpr int kProjectColumns = 8;                   // columns of P per pass over a row
+constexpr int kProjectPartialTerms = 64;             // LK_DORA_PARTIAL_TERMS
+
+LK_DEVICE double lk_nf4_warp_sum_f64(double v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// P[row, a] = Σ_k deq(W)[row, k]·A[a, k] for the warp's row (see the file comment).
+LK_DEVICE void lk_nf4_project(const lk_u8* codes, const float* absmax, const lk_u8* qabsmax, const float* absmax2,
+                              float offset, const float* A, double* P, int out, int in, int r, int blocksize,
+                              int quant_type) {
+    LK_SHARED(float, lut, [16]);
+    LK_SHARED(float, dyn8, [256]);
+    lk_load_tables(lut, dyn8, quant_type, absmax == nullptr, kProjectThreads);
+    __syncthreads();
+    const QuantView q{codes, absmax, qabsmax, absmax2, offset, lk_log2(blocksize), lut, dyn8};
+    const int lane = (int)threadIdx.x & 31;
+    const int row = (int)blockIdx.x * kProjectWarps + (int)threadIdx.x / 32;
+    if (row >= out) return;  // warp-uniform; no barrier follows
+    const lk_i64 base = (lk_i64)row * in;
+    for (int a0 = 0; a0 < r; a0 += kProjectColumns) {
+        const int columns = lk_min(kProjectColumns, r - a0);
+        double total[kProjectColumns];
+        float partial[kProjectColumns];
+#pragma unroll
+        for (int j = 0; j < kProjectColumns; ++j) total[j] = 0.0, partial[j] = 0.0f;
+        int terms = 0;
+        for (int k = lane; k < in; k += 32) {
+            const float w = lk_quant_weight(q, base + k);
+#pragma unroll
+            for (int j = 0; j < kProjectColumns; ++j)
+                if (j < columns) partial[j] += w * A[(lk_i64)(a0 + j) * in + k];
+            if (++terms == kProjectPartialTerms) {
+#pragma unroll
+                for (int j = 0; j < kProjectColumns; ++j) total[j] += (double)partial[j], partial[j] = 0.0f;
+                terms = 0;
+            }
+        }
+        double mine = 0.0;  // lane j keeps column a0 + j
+#pragma unroll
+        for (int j = 0; j < kProjectColumns; ++j) {
+            const double sum = lk_nf4_warp_sum_f64(total[j] + (double)partial[j]);
+            if (lane == j) mine = sum;
+        }
+        if (lane < columns) P[(lk_i64)row * r + a0 + lane] = mine;
+    }
+}
+
 }  // namespace
 
 // ---- entry points: thin wrappers instantiating each template for fp32 and bf16 storage -----------
@@ -883,3 +946,10 @@ extern "C" __global__ void __launch_bounds__(kDoubleQuantThreads) lk_nf4_double_
     lk_nf4_double_quantize(absmax, qabsmax, absmax2, offset, nblocks);
 }
 LK_KERNEL(lk_nf4_double_quantize_f32);
+
+extern "C" __global__ void __launch_bounds__(kProjectThreads) lk_nf4_project_f32(
+    const unsigned char* codes, const float* absmax, const unsigned char* qabsmax, const float* absmax2, float offset,
+    const float* A, double* P, int out, int in, int r, int blocksize, int quant_type) {
+    lk_nf4_project(codes, absmax, qabsmax, absmax2, offset, A, P, out, in, r, blocksize, quant_type);
+}
+LK_KERNEL(lk_nf4_project_f32);

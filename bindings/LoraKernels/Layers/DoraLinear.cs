@@ -3,12 +3,16 @@
 // s = alpha/r (or alpha/sqrt(r) with rsLoRA). A and B are initialised as LoraLinear's (A
 // U(±1/sqrt(in)) from SplitMix64(seed), B = 0; RankAdapter) and the magnitude m [out] as PEFT's,
 // m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base layer. ‖W0‖²_row is
-// computed once (W0 is frozen) and every forward derives n from it without forming B·A.
+// computed once (W0 is frozen) and every forward derives n from it without forming B·A, accurate on
+// every row (Ops.Dora.WeightNorm). A row whose norm is exactly 0 (an all-zero W0 row while B = 0,
+// or an adapter that cancels a row exactly) makes m/n undefined: construction and the step that
+// meets it throw ArithmeticException naming the rows, where PEFT would produce Inf or NaN.
 // Dropout: with p > 0 in training the layer runs PEFT's dropout formula (Ops.Dora.ForwardWithDropout:
 // y = (x W0ᵀ + b) + (g − 1) ⊙ (x_d W0ᵀ) + g ⊙ s·(x_d Aᵀ Bᵀ), a second base product), F32 layers only
 // (a BF16 layer training with dropout throws NotSupportedException); eval ignores dropout, as PEFT
 // does. Each dropout forward draws its seed from the layer's stream (as LoraLinear). Merge folds the adapter as PEFT does,
-// W0 ← (m/n) ⊙ (W0 + s·B·A), keeping n for Unmerge; while merged the layer computes x W0ᵀ + bias.
+// W0 ← (m/n) ⊙ (W0 + s·B·A) (each element in double, rounded once), keeping n for Unmerge; while merged the
+// layer computes x W0ᵀ + bias.
 // QDoRA: over a QuantizedWeight base (F32 compute dtype) the layer owns the weight, as QloraLinear
 // owns its 4-bit base; ‖deq(W)‖²_row is computed once by dequantizing into a temporary, and each
 // step runs the quantized Ops.Dora overloads (deq(W) never formed). Merge on a quantized base throws
@@ -224,6 +228,7 @@ public sealed class DoraLinear : IAdapterLayer
     }
 
     /// <summary>n = ‖W0 + s·B·A‖_row (F32 [out]) for the current A and B, from the cached ‖W0‖²_row.</summary>
+    /// <exception cref="ArithmeticException">A row's norm is exactly 0 (m/n undefined).</exception>
     public Tensor WeightNorm()
     {
         ThrowIfDisposed();

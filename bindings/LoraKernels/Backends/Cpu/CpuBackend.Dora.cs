@@ -13,12 +13,14 @@ internal sealed unsafe partial class CpuBackend
         f32.WriteBack();
     }
 
-    public void DoraWeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
+    public DoraNormReport DoraWeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
     {
         using var f32 = new Fp32Staging();
+        LkDoraNormReport report;
         Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm(w0.Shape[0], w0.Shape[1], a.Shape[0], f32.Input(w0), f32.Input(w0SquaredNorm),
-                                                    f32.Input(a), f32.Input(b), scale, f32.Output(norm)));
+                                                    f32.Input(a), f32.Input(b), scale, f32.Output(norm), &report));
         f32.WriteBack();
+        return new DoraNormReport(report.RecomputedRows, report.ZeroRows);
     }
 
     public void DoraForward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
@@ -44,12 +46,16 @@ internal sealed unsafe partial class CpuBackend
         f32.WriteBack();
     }
 
-    public void DoraWeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
+    public DoraNormReport DoraWeightNormQuantized(QuantizedWeight w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
     {
         using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_pt(b.Shape[0], a.Shape[1], a.Shape[0], f32.Input(w0SquaredNorm), f32.Input(pt),
-                                                       f32.Input(a), f32.Input(b), scale, f32.Output(norm)));
+        LkQuantStats stats = LkQuantStats.Of(w0);
+        LkDoraNormReport report;
+        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_4bit(w0.Shape[0], w0.Shape[1], a.Shape[0], (byte*)w0.CodesAddress, &stats,
+                                                         f32.Input(w0SquaredNorm), f32.Input(a), f32.Input(b), scale,
+                                                         f32.Output(norm), &report));
         f32.WriteBack();
+        return new DoraNormReport(report.RecomputedRows, report.ZeroRows);
     }
 
     public void DoraScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
@@ -75,11 +81,11 @@ internal sealed unsafe partial class CpuBackend
         f32.WriteBack();
     }
 
-    public void DoraScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
+    public void DoraMerge(Tensor w, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale, bool unmerge)
     {
         using var f32 = new Fp32Staging();
-        Check.Cpu(NativeCpu.lk_cpu_dora_scale_rows(w.Shape[0], w.Shape[1], f32.InputOutput(w), f32.Input(magnitude),
-                                                   f32.Input(norm), invert ? 1 : 0));
+        Check.Cpu(NativeCpu.lk_cpu_dora_merge(w.Shape[0], w.Shape[1], a.Shape[0], f32.InputOutput(w), f32.Input(a), f32.Input(b),
+                                              f32.Input(magnitude), f32.Input(norm), scale, unmerge ? 1 : 0));
         f32.WriteBack();
     }
 }
