@@ -15,15 +15,18 @@
 //   2. A certificate per row: E_i = u·q_i + γ_64·(2|s|·√q_i·β_i + s²·β_i²) + (in + 2r + 16)·2⁻⁵³·T_i
 //      (β_i = ‖|B_i|·|A|‖ from H = |A||A|ᵀ, T_i = (√q_i + |s|·β_i)²) bounds |n_i²(computed) - n_i²|;
 //      a row is kept when n_i² >= E_i·(1 + 1/τ), τ = 1e-4, which makes |n - n_true| <= τ·n_true.
-//      The other rows are recomputed directly in double, one row at a time (direct_norm: v_k =
-//      w_k + s·Σ_a B_a·A_ak, exact products, 256-element blocks, never an [in]-long scratch),
-//      error <= (r + 2)·2⁻⁵³·‖|w| + |s|·|B_i|·|A|‖. With ‖s·B_i·A‖ <= ‖w_i‖ (a trained adapter
+//      The other rows are recomputed directly in double, one row at a time (v_k = w_k +
+//      s·Σ_a B_a·A_ak, exact products; AVX-512: four rows per pass over A in dora_avx512.cpp,
+//      else direct_norm's 256-element blocks; never an [out, in] temporary), error <=
+//      (r + 2)·2⁻⁵³·‖|w| + |s|·|B_i|·|A|‖. A call where every row is recomputed costs ~4x one
+//      where none is (AVX-512; all rows cancelling is the worst case). With ‖s·B_i·A‖ <= ‖w_i‖ (a trained adapter
 //      is far below that) only rows with n_i below ~1/40 of ‖w_i‖ take it; where the adapter
 //      dominates W0 (|s|·β_i >> ‖w_i‖) more rows do, as the fp32 partial sums' worst case demands.
-// Cost at out = in = 4096, r = 16 on 2 threads (DoraBenchmarks): the projection is bound by reading
-// W0 once (64 MiB), about 6 ms, where the packed-GEMM P it replaces took ~16 ms (N = 16 wastes
-// two-thirds of the engine's 48-wide tile); G (r²·in) and the combination (out·r²) are small; a
-// flagged row costs in·r double FMAs. The measured DoRA/LoRA step ratio is in docs/DECISIONS.md.
+// Cost at out = in = 4096, r = 16 on 2 threads (DoraBenchmarks' shape; a shared, noisy machine):
+// the whole norm ~5-6 ms, bound by reading W0 once (64 MiB), where the packed-GEMM P it replaces
+// took ~8-16 ms (N = 16 wastes two-thirds of the engine's 48-wide tile); G, H (r²·in) and the
+// combination (out·r²) are small; a recomputed row costs in·r double FMAs: ~21 ms when all 4096
+// rows cancel (the worst case). The DoRA/LoRA step ratios before and after are in docs/DECISIONS.md.
 // A row whose norm is exactly 0 is written as 0 and counted (lk_dora_norm_report): m/n is
 // undefined there and the C# layer refuses it.
 // QDoRA's norm (weight_norm_4bit) is the same with deq(W)'s rows decoded a few at a time into
@@ -223,20 +226,39 @@ std::vector<int64_t> combine_norm(int64_t out, int64_t in, int64_t r, const floa
     return rows;
 }
 
-// norm[i] = direct_norm of each listed row; `row_of(i, scratch)` returns W0's row i (or decodes it).
+// norm[i] = ‖w_i + s·B_i·A‖ of each listed row, in double: with AVX-512 four rows at a time
+// (dora_direct_sqnorms_avx512, sharing each converted A vector), else direct_norm per row.
+// `row_of(i, scratch)` returns W0's row i (or decodes it into scratch).
 template <class RowOf>
 void recompute_rows(const std::vector<int64_t>& rows, int64_t in, int64_t r, const float* A, const float* B,
                     float scale, float* norm, const RowOf& row_of) {
     const int64_t count = (int64_t)rows.size();
+    const int64_t groups = (count + kDoraDirectRows - 1) / kDoraDirectRows;
     const int threads = (int)std::max<int64_t>(
-        1, std::min<int64_t>({(int64_t)thread_count(), count, count * in * r / kElementsPerThread}));
+        1, std::min<int64_t>({(int64_t)thread_count(), groups, count * in * r / kElementsPerThread}));
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        std::vector<float> decoded;
+        std::vector<float> decoded[kDoraDirectRows];
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t e = 0; e < count; ++e) {
-            const int64_t i = rows[(size_t)e];
-            norm[i] = (float)direct_norm(in, r, row_of(i, decoded), A, B + i * r, scale);
+        for (int64_t group = 0; group < groups; ++group) {
+            const int64_t e0 = group * kDoraDirectRows;
+            const int n_rows = (int)std::min<int64_t>(kDoraDirectRows, count - e0);
+            const float* w[kDoraDirectRows];
+            const float* b[kDoraDirectRows];
+            for (int j = 0; j < n_rows; ++j) {
+                const int64_t i = rows[(size_t)(e0 + j)];
+                w[j] = row_of(i, decoded[j]);
+                b[j] = B + i * r;
+            }
+#if defined(LK_CPU_X86)
+            if (project_avx512()) {
+                double squares[kDoraDirectRows];
+                dora_direct_sqnorms_avx512(n_rows, in, r, w, A, b, scale, squares);
+                for (int j = 0; j < n_rows; ++j) norm[rows[(size_t)(e0 + j)]] = (float)std::sqrt(squares[j]);
+                continue;
+            }
+#endif
+            for (int j = 0; j < n_rows; ++j) norm[rows[(size_t)(e0 + j)]] = (float)direct_norm(in, r, w[j], A, b[j], scale);
         }
     }
 }

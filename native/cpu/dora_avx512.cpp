@@ -12,6 +12,10 @@
 // double lanes (in L1), which bounds the fp32 rounding of every P element by γ_64·Σ|x·a|. The
 // chunk of X's rows (4 x 4 KiB) stays in L1 while every group of 4 A rows passes over it.
 // Bytes: X once from memory (4·rows·K), A's chunk from L2 once per 4 rows. FLOP 2·rows·r·K.
+// Direct recomputation (the rows the certificate rejects): 4 rows x 8 columns at a time in double,
+// each converted A vector feeding 4 FMAs (exact products), so a call where every row is recomputed
+// (all rows cancelling) costs ~4x one where none is (21 ms against 5 ms at 4096², r = 16) instead
+// of ~25x with dora.cpp's 2-lane baseline loop.
 // GCC 12's unmasked AVX-512 intrinsics pass _mm512_undefined_ps() as their merge source, which
 // -Wmaybe-uninitialized reports at every use (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -107,6 +111,46 @@ void dora_project_avx512(int64_t rows, int64_t r, int64_t K, const float* X, int
                 P[(i0 + i) * ldp + j] =
                     _mm512_reduce_add_pd(_mm512_add_pd(_mm512_loadu_pd(lanes), _mm512_loadu_pd(lanes + 8)));
             }
+    }
+}
+
+namespace {
+
+// dora_direct_sqnorms_avx512 for RW rows: each converted A vector feeds RW FMAs.
+template <int RW>
+void direct_rows(int64_t in, int64_t r, const float* const* w, const float* A, const float* const* b, double s,
+                 double* out) {
+    const __m512d scale = _mm512_set1_pd(s);
+    __m512d sum[RW];
+    for (int j = 0; j < RW; ++j) sum[j] = _mm512_setzero_pd();
+    for (int64_t k = 0; k < in; k += 8) {
+        const int64_t len = in - k < 8 ? in - k : 8;
+        const __mmask16 mask = (__mmask16)((1u << len) - 1u);
+        __m512d v[RW];
+        for (int j = 0; j < RW; ++j) v[j] = _mm512_setzero_pd();
+        for (int64_t a = 0; a < r; ++a) {
+            const __m512d column = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask, A + a * in + k)));
+            for (int j = 0; j < RW; ++j) v[j] = _mm512_fmadd_pd(_mm512_set1_pd((double)b[j][a]), column, v[j]);
+        }
+        for (int j = 0; j < RW; ++j) {
+            const __m512d wk = _mm512_cvtps_pd(_mm512_castps512_ps256(_mm512_maskz_loadu_ps(mask, w[j] + k)));
+            const __m512d t = _mm512_fmadd_pd(scale, v[j], wk);
+            sum[j] = _mm512_fmadd_pd(t, t, sum[j]);
+        }
+    }
+    for (int j = 0; j < RW; ++j) out[j] = _mm512_reduce_add_pd(sum[j]);
+}
+
+}  // namespace
+
+void dora_direct_sqnorms_avx512(int rows, int64_t in, int64_t r, const float* const* w, const float* A,
+                                const float* const* b, double s, double* out) {
+    static_assert(kDoraDirectRows == 4, "the switch below");
+    switch (rows) {
+        case 1: direct_rows<1>(in, r, w, A, b, s, out); break;
+        case 2: direct_rows<2>(in, r, w, A, b, s, out); break;
+        case 3: direct_rows<3>(in, r, w, A, b, s, out); break;
+        default: direct_rows<4>(in, r, w, A, b, s, out); break;
     }
 }
 

@@ -19,4 +19,11 @@ constexpr int64_t kDoraProjectScratchPerRank = 64;
 void dora_project_avx512(int64_t rows, int64_t r, int64_t K, const float* X, int64_t ldx,
                          const float* A, int64_t lda, double* P, int64_t ldp, double* scratch);
 
+// out[j] = Σ_k (w_j[k] + s·Σ_a b_j[a]·A[a·in + k])² in double for rows j < rows <= 4 (the direct
+// recomputation of lora_kernels_dora.h): each b·A product exact, summed over a in order, then
+// w + s·v by one FMA, squares summed in 8 double lanes. The caller takes the square roots.
+constexpr int kDoraDirectRows = 4;
+void dora_direct_sqnorms_avx512(int rows, int64_t in, int64_t r, const float* const* w, const float* A,
+                                const float* const* b, double s, double* out);
+
 }  // namespace lk::cpu
