@@ -55,7 +55,8 @@
 //       grid ceil(out/32), block 256. FLOPs 2·M·out; bytes s·(2·M·out + out) + 4·out.
 //   lk_dora_scale_grad_T       dz = dy ⊙ g, grid-stride as scale_columns. bytes s·(2·M·out + out) + 4·out.
 //   lk_dora_merge_T            W_i <- (m_i/n_i)·(W_i + s·B_i·A) (invert = 0) or (n_i/m_i)·W_i - s·B_i·A
-//       (invert = 1), each element in double (r double FMAs) and rounded once, grid-stride.
+//       (invert = 1), each element in double (r double FMAs) and rounded once to fp32 (then to T),
+//       grid-stride.
 //       FLOPs 2·out·in·r (double); bytes 2·s·out·in + s·(r·in + out·r + out) + 4·out.
 //
 // Assumptions: row-major dense tensors, every element count < 2^31 (the C# side guarantees it;
