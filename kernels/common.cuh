@@ -145,6 +145,13 @@ LK_DEVICE float lk_warp_sum(float v) {
     return v;
 }
 
+// Sum over the 32 lanes of a full warp, in double; every lane gets the total.
+LK_DEVICE double lk_warp_sum_f64(double v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
 LK_DEVICE float lk_warp_max(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {

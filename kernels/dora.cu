@@ -2,29 +2,49 @@
 // lk_cpu_dora_* (native/include/lora_kernels_dora.h); docs/KERNELS.md gives each launch geometry.
 //
 // How a DoRA step runs on the GPU (GpuBackend.Dora.cs; m = magnitude, n = weight norm, g = m / n):
-//   once per frozen W0:  lk_dora_row_sqnorm_T      ‖w_i‖²                               [out] fp32
-//   weight norm:         lk_lora_project_T(x := W0, A) = W0 Aᵀ = P                     [out, r] fp32
-//                        lk_lora_project_T(x := A, A)  = A Aᵀ  = G                     [r, r] fp32
-//                        lk_dora_weight_norm_T     n_i = sqrt(max(0, ‖w_i‖² + 2s·P_i·B_i + s²·B_i G B_iᵀ))
+//   once per frozen W0:  lk_dora_row_sqnorm_T      q_i = ‖w_i‖² (double sum, rounded once)  [out] fp32
+//   weight norm:         lk_dora_project_T(W0, A)  P = W0 Aᵀ                            [out, r] double
+//                        lk_dora_project_T(A, A)   G = A Aᵀ, and with absolute = 1 H = |A||A|ᵀ [r, r]
+//                        lk_dora_weight_norm_T     the expansion n_i² = q_i + 2s·P_i·B_i + s²·B_i G B_iᵀ
+//                                                  in double and its certificate; uncertified rows listed
+//                        (C# reads back the count; if any) lk_dora_row_norm_T, one block per listed row
 //   forward:             lora forward without bias  z = x W0ᵀ + s·u Bᵀ, u = x Aᵀ        (lora.cu)
 //                        lk_dora_scale_columns_T   y = g ⊙ z + bias (z kept for the backward)
 //   backward:            lk_dora_magnitude_grad_T  dm_j = Σ_t dy[t,j]·z[t,j] / n_j
 //                        lk_dora_scale_grad_T      dz = dy ⊙ g, then the LoRA backward on dz (lora.cu)
-//   merge / unmerge:     lk_dora_scale_rows_T      W_i *= m_i / n_i (or n_i / m_i)
-// The norm never forms B·A or W0 + s·B·A (REFERENCE.md §11): per step it costs the two small
-// GEMMs (2·out·in·r + 2·r²·in FLOPs, W0 read once) and out·(2r + 2r²) FLOPs here, against the
-// 2·out·in·r FLOPs and out·in stores of materialising B·A; the clamp at 0 keeps a row whose
-// s·B_i·A nearly cancels w_i from taking the sqrt of a rounding-negative number.
+//   merge / unmerge:     lk_dora_merge_T           W_i <- (m_i/n_i)·(W_i + s·B_i·A), or back, in double
 //
-// Entry points (T = f32 | bf16 storage of W0, B, magnitude, bias, z, y, dy, dz, dm, W; the norm,
-// ‖w‖², P and G are fp32; all arithmetic is fp32):
-//   lk_dora_row_sqnorm_T       one warp per W0 row, lanes stride the row, warp tree sum.
+// The weight norm is accurate relative to the true norm on every row (issue 14). The expansion
+// never forms B·A or W0 + s·B·A (REFERENCE.md §11), but where W0_i and s·B_i·A nearly cancel its
+// terms (size ~q_i) cancel to something tiny, so its rounding must be small against n_i², not q_i:
+//   * project: each lane's products go into an fp32 partial sum of at most kPartialTerms = 64 terms
+//     (LK_DORA_PARTIAL_TERMS), flushed into a double; the warp reduces in double. P and G then err
+//     by at most γ_64 = 64·2⁻²⁴ relative to Σ|x·a| (an fp32 accumulation over in = 4096 could err
+//     by γ_4096), at fp32 FMA speed: doubles only at the flushes and the reduction, so consumer GPUs
+//     (fp64 at 1/64 rate) pay little for it.
+//   * weight_norm: the expansion in double and a rigorous bound of its error,
+//     E_i = u·q_i + γ_64·(2|s|·√q_i·β_i + s²·β_i²) + (in + 2r + 16)·2⁻⁵³·(√q_i + |s|β_i)²,
+//     β_i = sqrt(|B_i| H |B_i|ᵀ) = ‖|B_i|·|A|‖. A row with n_i² >= E_i·(1 + 1/τ), τ = 1e-4
+//     (LK_DORA_NORM_TOLERANCE), is certified within τ·n_i and written; any other row is appended to
+//     a list (atomic counter: the list's order varies, each row's result does not).
+//   * row_norm: one block per listed row recomputes n_i = ‖w_i + s·B_i·A‖ directly in double
+//     (v_k = w_k + s·Σ_a B_a·A_ak, each product exact), error <= (r + 2)·2⁻⁵³·‖|w_i| + |s|·|B_i|·|A|‖;
+//     an exactly zero row is counted (m/n is undefined there; the C# layer refuses it).
+//   Cost: the projection reads W0 once and A once per row from L1/L2 (2·out·in·r FLOP, as the fp32
+//   P it replaces); the list count is read back to the host (one synchronisation per norm); a
+//   recomputed row costs in·r double FMAs, so only the rare cancelling rows pay fp64 rates.
+//
+// Entry points (T = f32 | bf16 storage of W0, A, B, magnitude, bias, z, y, dy, dz, dm, W; q and the
+// norm are fp32, P, G and H double; arithmetic fp32 unless stated):
+//   lk_dora_row_sqnorm_T       one warp per W0 row, lanes stride the row, double sum and warp tree.
 //       grid ceil(out/8), block 256.     FLOPs 2·out·in; bytes s·out·in + 4·out.
-//   lk_dora_weight_norm_T      one thread per row: P_i·B_i and B_i G B_iᵀ (G read by all threads of
-//       a warp at the same address: a broadcast). grid ceil(out/256), block 256.
-//       FLOPs out·(2r + 2r²); bytes 4·(out + out·r + r² + out) + s·out·r.
-//   lk_dora_weight_norm_pt_f32 the same with P given transposed, Pt [r, out] (QDoRA: A·deq(W)ᵀ from
-//       the 4-bit matmul); P reads are then coalesced across the warp. Same grid, FLOPs and bytes.
+//   lk_dora_project_T          P[i, a] = Σ_k X[i,k]·A[a,k] (of |X|, |A| when absolute): one warp per
+//       row of X, 8 columns of P per pass over the row. grid ceil(rows/8), block 256.
+//       FLOPs 2·rows·in·r; bytes s·(rows·in + rows·r·in/8 from L1/L2) + 8·rows·r.
+//   lk_dora_weight_norm_T      one thread per row, double: P_i·B_i, B_i G B_iᵀ, |B_i| H |B_i|ᵀ.
+//       grid ceil(out/256), block 256. FLOPs out·(2r + 4r²); bytes 8·(out·r + 2r²) + s·out·r + 8·out.
+//   lk_dora_row_norm_T         block b recomputes listed row rows[b] in double; block tree sum.
+//       grid = the list's length, block 256. FLOPs 2·in·r per row (double); bytes s·(in + r·in + r).
 //   lk_dora_dropout_f32        y = x ⊙ lk_dropout_factor(seed, i, p) (DoRA's training dropout path
 //       materialises dropout(x) for its second base product, and masks dx), grid-stride.
 //       bytes 8·n; one hash per element.
@@ -34,18 +54,26 @@
 //       (coalesced rows of dy and z), the 8 warps stride the rows, a shared [8][32] sum finishes.
 //       grid ceil(out/32), block 256. FLOPs 2·M·out; bytes s·(2·M·out + out) + 4·out.
 //   lk_dora_scale_grad_T       dz = dy ⊙ g, grid-stride as scale_columns. bytes s·(2·M·out + out) + 4·out.
-//   lk_dora_scale_rows_T       W_i *= m_i / n_i (invert = 0) or n_i / m_i (invert = 1), grid-stride.
-//       bytes 2·s·out·in + (s + 4)·out.
+//   lk_dora_merge_T            W_i <- (m_i/n_i)·(W_i + s·B_i·A) (invert = 0) or (n_i/m_i)·W_i - s·B_i·A
+//       (invert = 1), each element in double (r double FMAs) and rounded once to fp32 (then to T),
+//       grid-stride.
+//       FLOPs 2·out·in·r (double); bytes 2·s·out·in + s·(r·in + out·r + out) + 4·out.
 //
-// Assumptions: row-major dense tensors, every element count < 2^31 (the C# side guarantees it);
-// no alignment required. A zero norm gives g = ±inf (NaN for m = 0), as PEFT's division does.
+// Assumptions: row-major dense tensors, every element count < 2^31 (the C# side guarantees it;
+// flat indices that multiply two dimensions are 64-bit anyway); no alignment required. The scale
+// and merge kernels take the norm as given: Ops.Dora refuses a zero norm before they run.
 #include "common.cuh"
+#include "row_projection.cuh"
 
 namespace {
 
 constexpr int kDoraThreads = 256;
 constexpr int kDoraWarps = kDoraThreads / 32;
 constexpr int kGradColumns = 32;  // magnitude_grad: columns per block, one per lane
+constexpr int kPartialTerms = kProjectPartialTerms;  // LK_DORA_PARTIAL_TERMS (row_projection.cuh)
+constexpr double kNormTolerance = 1e-4;  // LK_DORA_NORM_TOLERANCE: τ
+constexpr double kF32Unit = 1.0 / 16777216.0;
+constexpr double kGammaPartial = kPartialTerms * kF32Unit / (1.0 - kPartialTerms * kF32Unit);
 static_assert(kDoraThreads % 32 == 0, "whole warps");
 static_assert(kGradColumns * kDoraWarps == kDoraThreads, "magnitude_grad: 32 columns x 8 row groups");
 
@@ -54,33 +82,87 @@ LK_DEVICE void lk_dora_row_sqnorm(const T* W0, float* sqnorm, int out, int in) {
     const int lane = (int)threadIdx.x & 31;
     const int row = (int)blockIdx.x * kDoraWarps + (int)threadIdx.x / 32;
     if (row >= out) return;  // warp-uniform; no barrier follows
-    const T* w = W0 + row * in;
-    float sum = 0.0f;
+    const T* w = W0 + (lk_i64)row * in;
+    double sum = 0.0;
     for (int k = lane; k < in; k += 32) {
-        const float v = lk_load(w + k);
-        sum += v * v;
+        const double v = lk_load(w + k);
+        sum += v * v;  // exact product of an fp32 value
     }
-    sum = lk_warp_sum(sum);
-    if (lane == 0) sqnorm[row] = sum;
+    sum = lk_warp_sum_f64(sum);
+    if (lane == 0) sqnorm[row] = (float)sum;
 }
 
+// P[row, a] = Σ_k X[row, k]·A[a, k] (absolute values when `absolute`), one warp per row of X
+// (row_projection.cuh).
 template <class T>
-LK_DEVICE void lk_dora_weight_norm(const float* w0_sqnorm, const float* P, int p_row, int p_col, const float* G,
-                                   const T* B, float* norm, int out, int r, float scale) {
+LK_DEVICE void lk_dora_project(const T* X, const T* A, double* P, int rows, int in, int r, int absolute) {
+    const int row = (int)blockIdx.x * kDoraWarps + (int)threadIdx.x / 32;
+    if (row >= rows) return;  // warp-uniform; no barrier follows
+    const T* x = X + (lk_i64)row * in;
+    lk_project_row([&](int k) { return lk_load(x + k); }, A, P + (lk_i64)row * r, in, r, absolute != 0);
+}
+
+// The certified expansion of row `row` (lora_kernels_dora.h): the norm when certified, else the row
+// is appended to `rows` (counts[0] holds the list's length).
+template <class T>
+LK_DEVICE void lk_dora_weight_norm(const float* w0_sqnorm, const double* P, const double* G, const double* H,
+                                   const T* B, float* norm, int* rows, int* counts, int out, int in, int r,
+                                   float scale) {
     const int row = (int)blockIdx.x * kDoraThreads + (int)threadIdx.x;
     if (row >= out) return;
-    const T* b = B + row * r;
-    const float* p = P + row * p_row;
-    float cross = 0.0f, quadratic = 0.0f;
+    const T* b = B + (lk_i64)row * r;
+    const double* p = P + (lk_i64)row * r;
+    double cross = 0.0, quadratic = 0.0, beta2 = 0.0;
     for (int a = 0; a < r; ++a) {
-        const float ba = lk_load(b + a);
-        cross += p[a * p_col] * ba;
-        float gb = 0.0f;
-        for (int c = 0; c < r; ++c) gb += G[a * r + c] * lk_load(b + c);
+        const double ba = lk_load(b + a);
+        cross += p[a] * ba;
+        double gb = 0.0, hb = 0.0;
+        for (int c = 0; c < r; ++c) {
+            const double bc = lk_load(b + c);
+            gb += G[a * r + c] * bc;
+            hb += H[a * r + c] * (bc < 0.0 ? -bc : bc);
+        }
         quadratic += ba * gb;
+        beta2 += (ba < 0.0 ? -ba : ba) * hb;
     }
-    const float squared = w0_sqnorm[row] + 2.0f * scale * cross + scale * scale * quadratic;
-    norm[row] = sqrtf(squared > 0.0f ? squared : 0.0f);
+    const double s = scale, q = w0_sqnorm[row];
+    const double squared = q + 2.0 * s * cross + s * s * quadratic;
+    const double root_q = sqrt(q > 0.0 ? q : 0.0), sb = (s < 0.0 ? -s : s) * sqrt(beta2);
+    const double terms = (root_q + sb) * (root_q + sb);
+    const double bound = (1.0 + 1.0 / 1024.0) * (kF32Unit * q + kGammaPartial * (2.0 * root_q * sb + sb * sb)) +
+                         (double)(in + 2 * r + 16) * (1.0 / 9007199254740992.0) * terms;
+    if (squared > 0.0 && squared >= bound * (1.0 + 1.0 / kNormTolerance)) {
+        norm[row] = (float)sqrt(squared);
+    } else {
+        rows[atomicAdd(counts, 1)] = row;
+    }
+}
+
+// Block b: n = ‖w + s·B_row·A‖ for row = rows[b], in double (each B·A product exact); counts[1]
+// counts the rows whose norm is exactly 0.
+template <class T>
+LK_DEVICE void lk_dora_row_norm(const T* W0, const T* A, const T* B, const int* rows, int* counts, float* norm,
+                                int in, int r, float scale) {
+    LK_SHARED(double, warp_sums, [kDoraWarps]);
+    const int row = rows[blockIdx.x];
+    const T* w = W0 + (lk_i64)row * in;
+    const T* b = B + (lk_i64)row * r;
+    double sum = 0.0;
+    for (int k = (int)threadIdx.x; k < in; k += kDoraThreads) {
+        double ba = 0.0;
+        for (int a = 0; a < r; ++a) ba += (double)lk_load(b + a) * (double)lk_load(A + (lk_i64)a * in + k);
+        const double v = (double)lk_load(w + k) + (double)scale * ba;
+        sum += v * v;
+    }
+    sum = lk_warp_sum_f64(sum);
+    if (((int)threadIdx.x & 31) == 0) warp_sums[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int i = 0; i < kDoraWarps; ++i) total += warp_sums[i];
+        norm[row] = (float)sqrt(total);
+        if (total == 0.0) atomicAdd(counts + 1, 1);
+    }
 }
 
 // y = x ⊙ mask: lk_dropout_factor(seed, i, p) on flat element i (the LoRA kernels' mask for x [M, in]).
@@ -127,13 +209,18 @@ LK_DEVICE void lk_dora_scale_grad(const T* dy, const T* magnitude, const float* 
     }
 }
 
+// W_i <- (m_i/n_i)·(W_i + s·B_i·A) (invert = 0) or (n_i/m_i)·W_i - s·B_i·A (invert = 1), in double.
 template <class T>
-LK_DEVICE void lk_dora_scale_rows(T* W, const T* magnitude, const float* norm, int out, int in, int invert) {
-    const int total = out * in;
-    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < total; i += (int)(gridDim.x * blockDim.x)) {
-        const int row = i / in;
-        const float m = lk_load(magnitude + row), n = norm[row];
-        lk_store(W + i, lk_load(W + i) * (invert ? n / m : m / n));
+LK_DEVICE void lk_dora_merge(T* W, const T* A, const T* B, const T* magnitude, const float* norm, int out, int in,
+                             int r, float scale, int invert) {
+    const lk_i64 total = (lk_i64)out * in;
+    const lk_i64 stride = (lk_i64)gridDim.x * blockDim.x;
+    for (lk_i64 i = (lk_i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        const lk_i64 row = i / in, k = i - row * in;
+        double ba = 0.0;
+        for (int a = 0; a < r; ++a) ba += (double)lk_load(B + row * r + a) * (double)lk_load(A + (lk_i64)a * in + k);
+        const double m = lk_load(magnitude + row), n = norm[row], s = scale, w = lk_load(W + i);
+        lk_store(W + i, (float)(invert ? (n / m) * w - s * ba : (m / n) * (w + s * ba)));
     }
 }
 
@@ -146,20 +233,25 @@ extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_row_sqnorm_f3
 }
 LK_KERNEL(lk_dora_row_sqnorm_f32);
 
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_project_f32(
+    const float* X, const float* A, double* P, int rows, int in, int r, int absolute) {
+    lk_dora_project<float>(X, A, P, rows, in, r, absolute);
+}
+LK_KERNEL(lk_dora_project_f32);
+
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_weight_norm_f32(
-    const float* w0_sqnorm, const float* P, const float* G, const float* B, float* norm, int out, int r,
-    float scale) {
-    lk_dora_weight_norm<float>(w0_sqnorm, P, r, 1, G, B, norm, out, r, scale);
+    const float* w0_sqnorm, const double* P, const double* G, const double* H, const float* B, float* norm, int* rows,
+    int* counts, int out, int in, int r, float scale) {
+    lk_dora_weight_norm<float>(w0_sqnorm, P, G, H, B, norm, rows, counts, out, in, r, scale);
 }
 LK_KERNEL(lk_dora_weight_norm_f32);
 
-// QDoRA: Pt = (deq(W) Aᵀ)ᵀ [r, out] as the 4-bit matmul A·deq(W)ᵀ gives it (F32 layers only).
-extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_weight_norm_pt_f32(
-    const float* w0_sqnorm, const float* Pt, const float* G, const float* B, float* norm, int out, int r,
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_row_norm_f32(
+    const float* W0, const float* A, const float* B, const int* rows, int* counts, float* norm, int in, int r,
     float scale) {
-    lk_dora_weight_norm<float>(w0_sqnorm, Pt, 1, out, G, B, norm, out, r, scale);
+    lk_dora_row_norm<float>(W0, A, B, rows, counts, norm, in, r, scale);
 }
-LK_KERNEL(lk_dora_weight_norm_pt_f32);
+LK_KERNEL(lk_dora_row_norm_f32);
 
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_dropout_f32(const float* x, float* y, int n, float p,
                                                                                 lk_u64 seed) {
@@ -185,11 +277,12 @@ extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_scale_grad_f3
 }
 LK_KERNEL(lk_dora_scale_grad_f32);
 
-extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_scale_rows_f32(
-    float* W, const float* magnitude, const float* norm, int out, int in, int invert) {
-    lk_dora_scale_rows<float>(W, magnitude, norm, out, in, invert);
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_merge_f32(
+    float* W, const float* A, const float* B, const float* magnitude, const float* norm, int out, int in, int r,
+    float scale, int invert) {
+    lk_dora_merge<float>(W, A, B, magnitude, norm, out, in, r, scale, invert);
 }
-LK_KERNEL(lk_dora_scale_rows_f32);
+LK_KERNEL(lk_dora_merge_f32);
 
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_row_sqnorm_bf16(
     const lk_bf16* W0, float* sqnorm, int out, int in) {
@@ -197,12 +290,25 @@ extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_row_sqnorm_bf
 }
 LK_KERNEL(lk_dora_row_sqnorm_bf16);
 
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_project_bf16(
+    const lk_bf16* X, const lk_bf16* A, double* P, int rows, int in, int r, int absolute) {
+    lk_dora_project<lk_bf16>(X, A, P, rows, in, r, absolute);
+}
+LK_KERNEL(lk_dora_project_bf16);
+
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_weight_norm_bf16(
-    const float* w0_sqnorm, const float* P, const float* G, const lk_bf16* B, float* norm, int out, int r,
-    float scale) {
-    lk_dora_weight_norm<lk_bf16>(w0_sqnorm, P, r, 1, G, B, norm, out, r, scale);
+    const float* w0_sqnorm, const double* P, const double* G, const double* H, const lk_bf16* B, float* norm,
+    int* rows, int* counts, int out, int in, int r, float scale) {
+    lk_dora_weight_norm<lk_bf16>(w0_sqnorm, P, G, H, B, norm, rows, counts, out, in, r, scale);
 }
 LK_KERNEL(lk_dora_weight_norm_bf16);
+
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_row_norm_bf16(
+    const lk_bf16* W0, const lk_bf16* A, const lk_bf16* B, const int* rows, int* counts, float* norm, int in, int r,
+    float scale) {
+    lk_dora_row_norm<lk_bf16>(W0, A, B, rows, counts, norm, in, r, scale);
+}
+LK_KERNEL(lk_dora_row_norm_bf16);
 
 extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_scale_columns_bf16(
     const lk_bf16* z, const lk_bf16* magnitude, const float* norm, const lk_bf16* bias, lk_bf16* y, int M, int out) {
@@ -222,8 +328,9 @@ extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_scale_grad_bf
 }
 LK_KERNEL(lk_dora_scale_grad_bf16);
 
-extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_scale_rows_bf16(
-    lk_bf16* W, const lk_bf16* magnitude, const float* norm, int out, int in, int invert) {
-    lk_dora_scale_rows<lk_bf16>(W, magnitude, norm, out, in, invert);
+extern "C" __global__ void __launch_bounds__(kDoraThreads) lk_dora_merge_bf16(
+    lk_bf16* W, const lk_bf16* A, const lk_bf16* B, const lk_bf16* magnitude, const float* norm, int out, int in,
+    int r, float scale, int invert) {
+    lk_dora_merge<lk_bf16>(W, A, B, magnitude, norm, out, in, r, scale, invert);
 }
-LK_KERNEL(lk_dora_scale_rows_bf16);
+LK_KERNEL(lk_dora_merge_bf16);

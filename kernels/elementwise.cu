@@ -44,12 +44,6 @@ LK_DEVICE void lk_ew_fill(T* dst, float value, lk_i64 n) {
     for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) lk_store(dst + i, value);
 }
 
-LK_DEVICE double lk_warp_sum_f64(double v) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}
-
 LK_DEVICE lk_i64 lk_warp_min_i64(lk_i64 v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {

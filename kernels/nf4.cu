@@ -17,6 +17,7 @@
 //   lk_nf4_qlora_forward_decode_T  y and u for M <= 16, one launch             W-streaming GEMV
 //   lk_nf4_qlora_forward_tiled_T   y = x deq(W)ᵀ + bias + scale·u Bᵀ           tiled GEMM, LoRA as K
 //   lk_nf4_grad_x_T              dx = dy deq(W) + dropout'(du A), one pass     tiled GEMM, LoRA as K
+//   lk_nf4_project_f32           P = deq(W) Aᵀ in double (QDoRA's weight norm) one warp per W row
 // u for the tiled forward comes from lk_lora_project_T, and dA, dB, du reuse lk_lora_grad_a/_b/_u
 // (kernels/lora.cu): they never touch W.
 //
@@ -55,6 +56,12 @@
 //     then continues with x deq(W)ᵀ into the same accumulators; grad_x reduces du A first, applies
 //     each output's dropout factor, then continues with dy deq(W).
 //
+//   * project (QDoRA's norm, kernels/dora.cu explains the method): the shared row projection
+//     (row_projection.cuh, as dora.cu's lk_dora_project) with W's rows decoded on the fly: fp32
+//     partial sums of at most 64 terms flushed to double, so P errs by at most γ_64 relative to
+//     Σ|deq(w)·a|. Tables in shared memory as for the other consumers; 8 columns of P per pass over a
+//     row (each code decoded ceil(r/8) times, from L1).
+//
 // Assumptions: row-major dense tensors; W is [out, in] flattened row-major (quantization blocks
 // may cross rows); every matmul dimension and out·in < 2^31 (the C# side guarantees it), so int
 // indices suffice there; quantize/dequantize take 64-bit n. blocksize is a power of two in
@@ -72,9 +79,11 @@
 //   qlora decode   FLOPs 2·M·(n + out·r) + grid·2·M·r·in; bytes matmul decode + s·(r·in + out·r) + 4·M·r
 //   qlora tiled    FLOPs 2·M·(n + out·r);         min bytes matmul tiled + s·out·r + 4·M·r
 //   grad_x         FLOPs 2·M·(n + r·in);          min bytes n/2 + stats + s·(M·out + r·in + M·in) + 4·M·r
+//   project        FLOPs 2·n·r;                   bytes n/2 + stats + 8·out·r, A per row from L1/L2
 #include "common.cuh"
 #include "decode_engine.cuh"
 #include "quant_codes.cuh"
+#include "row_projection.cuh"
 #include "tile_engine.cuh"
 
 namespace {
@@ -425,6 +434,25 @@ LK_DEVICE void lk_nf4_forward_decode(const T* x, const lk_u8* codes, const float
     lk_decode_epilogue(s, bias, B, y, u, M, out, r, scale, row_begin, lk_max(row_end - row_begin, 0));
 }
 
+// ---- QDoRA's projection, P = deq(W) Aᵀ in double ------------------------------------------------------
+constexpr int kProjectThreads = 256;
+constexpr int kProjectWarps = kProjectThreads / 32;  // rows of W per block, one per warp
+
+// P[row, a] = Σ_k deq(W)[row, k]·A[a, k] for the warp's row (see the file comment).
+LK_DEVICE void lk_nf4_project(const lk_u8* codes, const float* absmax, const lk_u8* qabsmax, const float* absmax2,
+                              float offset, const float* A, double* P, int out, int in, int r, int blocksize,
+                              int quant_type) {
+    LK_SHARED(float, lut, [16]);
+    LK_SHARED(float, dyn8, [256]);
+    lk_load_tables(lut, dyn8, quant_type, absmax == nullptr, kProjectThreads);
+    __syncthreads();
+    const QuantView q{codes, absmax, qabsmax, absmax2, offset, lk_log2(blocksize), lut, dyn8};
+    const int row = (int)blockIdx.x * kProjectWarps + (int)threadIdx.x / 32;
+    if (row >= out) return;  // warp-uniform; no barrier follows
+    const lk_i64 base = (lk_i64)row * in;
+    lk_project_row([&](int k) { return lk_quant_weight(q, base + k); }, A, P + (lk_i64)row * r, in, r, false);
+}
+
 }  // namespace
 
 // ---- entry points: thin wrappers instantiating each template for fp32 and bf16 storage -----------
@@ -557,3 +585,10 @@ extern "C" __global__ void __launch_bounds__(kDoubleQuantThreads) lk_nf4_double_
     lk_nf4_double_quantize(absmax, qabsmax, absmax2, offset, nblocks);
 }
 LK_KERNEL(lk_nf4_double_quantize_f32);
+
+extern "C" __global__ void __launch_bounds__(kProjectThreads) lk_nf4_project_f32(
+    const unsigned char* codes, const float* absmax, const unsigned char* qabsmax, const float* absmax2, float offset,
+    const float* A, double* P, int out, int in, int r, int blocksize, int quant_type) {
+    lk_nf4_project(codes, absmax, qabsmax, absmax2, offset, A, P, out, in, r, blocksize, quant_type);
+}
+LK_KERNEL(lk_nf4_project_f32);

@@ -74,7 +74,7 @@ public unsafe class DoraBenchmarks
     public void DoraStep()
     {
         Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm(Features, Features, Rank, _w0.Pointer, _sqnorm.Pointer, _a.Pointer, _b.Pointer,
-                                                    Scale, _norm.Pointer));
+                                                    Scale, _norm.Pointer, null));
         Check.Cpu(NativeCpu.lk_cpu_dora_forward(M, Features, Features, Rank, _x.Pointer, _w0.Pointer, null, _a.Pointer, _b.Pointer,
                                                 Scale, _magnitude.Pointer, _norm.Pointer, _y.Pointer, _u.Pointer, _z.Pointer));
         Check.Cpu(NativeCpu.lk_cpu_dora_backward(M, Features, Features, Rank, _x.Pointer, _w0.Pointer, _a.Pointer, _b.Pointer,

@@ -48,6 +48,11 @@ bool valid_stats(const char* function, const lk_quant_stats* stats, int64_t n, l
 // The per-ISA kernels' view of a quantized matrix with these codes and statistics.
 Nf4Matrix nf4_matrix(const uint8_t* codes, const lk_quant_stats& stats);
 
+// dst[i] = deq(W) at flattened index e0 + i, i < len (any alignment: blocks and bytes may be
+// entered in the middle). The portable decode of the 4-bit products and of QDoRA's norm.
+void decode_range(const uint8_t* codes, const lk_quant_stats& stats, int64_t e0, int64_t len,
+                  float* dst);
+
 // Whether this process runs the AVX-512 kernels (nf4_avx512.cpp): the CPU supports them and
 // LORAKERNELS_CPU_ISA does not lower the choice (isa.h).
 bool nf4_avx512_active();

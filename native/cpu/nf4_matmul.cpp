@@ -46,26 +46,6 @@ bool register_path(const lk_quant_stats& stats, int64_t in) {
     return nf4_avx512_active() && in % stats.blocksize == 0;
 }
 
-// dst[i] = deq(W) at flattened index e0 + i, i < len (any alignment: blocks and bytes may be
-// entered in the middle).
-void decode_range(const uint8_t* codes, const lk_quant_stats& stats, int64_t e0, int64_t len,
-                  float* dst) {
-    const QuantTables& tables = quant_tables();
-    const float* table = stats.quant_type == LK_QUANT_NF4 ? tables.nf4 : tables.fp4;
-    const int64_t end = e0 + len;
-    for (int64_t e = e0; e < end;) {
-        const int64_t b = e / stats.blocksize;
-        const int64_t stop = std::min(end, (b + 1) * stats.blocksize);
-        const float amax = block_absmax(stats, tables.dynamic_signed, b);
-        float scaled[16];
-        for (int i = 0; i < 16; ++i) scaled[i] = table[i] * amax;
-        for (; e < stop; ++e) {
-            const uint8_t byte = codes[e >> 1];
-            dst[e - e0] = scaled[(e & 1) != 0 ? byte & 15 : byte >> 4];
-        }
-    }
-}
-
 // sum a[i] * b[i] in 8 interleaved partial sums (which the compiler vectorizes).
 float dot(const float* a, const float* b, int64_t n) {
     float partial[8] = {};

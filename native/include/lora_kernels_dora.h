@@ -5,10 +5,23 @@
  * Math (PEFT, dropout 0 or eval): magnitude m [out], weight norm n = ‖W0 + s·B·A‖_row [out]
  * (detached: no gradient flows through n), g = m / n,
  *   u = x Aᵀ [M, r],  z = x W0ᵀ + s·u Bᵀ [M, out],  y = g ⊙ z + bias   (g scales each column j).
- * The norm never forms B·A (REFERENCE.md §11):
- *   n_i² = ‖w_i‖² + 2s·(W0 Aᵀ)_i·B_i + s²·B_i (A Aᵀ) B_iᵀ, clamped at 0 before the sqrt,
- * with ‖w_i‖² computed once per frozen W0 (lk_cpu_dora_row_sqnorm). A row whose norm is 0 gives
- * g = m / 0 = ±inf (or NaN for m = 0), as PEFT's division does.
+ *
+ * The weight norm, accurate relative to the true norm on every row (issue 14). B·A and
+ * W0 + s·B·A are never formed as [out, in] matrices (REFERENCE.md §11):
+ *   1. the expansion n_i² = q_i + 2s·P_i·B_i + s²·B_i G B_iᵀ with q_i = ‖w_i‖² (computed once per
+ *      frozen W0, in double, stored fp32), P = W0 Aᵀ and G = A Aᵀ accumulated as fp32 partial sums
+ *      of at most LK_DORA_PARTIAL_TERMS products each, added in double, and combined in double;
+ *   2. a rigorous bound E_i >= |computed n_i² - n_i²| from the pieces' rounding:
+ *        E_i = u·q_i + γ_L·(2|s|·√q_i·β_i + s²·β_i²) (+ double-precision terms),
+ *        β_i = ‖ |B_i|·|A| ‖ (from H = |A| |A|ᵀ, r×r), u = 2⁻²⁴, γ_L = L·u / (1 - L·u),
+ *        L = LK_DORA_PARTIAL_TERMS;
+ *   3. a row is kept when n_i² >= E_i·(1 + 1/τ), τ = LK_DORA_NORM_TOLERANCE, which certifies
+ *      |n_kept - n| <= τ·n; every other row (the rows where W0_i and s·B_i·A nearly cancel) is
+ *      recomputed directly, one row at a time in double, v_k = w_ik + s·Σ_a B_ia·A_ak,
+ *      n_i = sqrt(Σ_k v_k²), with an absolute error <= (r + 2)·2⁻⁵³·‖|w_i| + |s|·|B_i|·|A|‖.
+ * The result is rounded to fp32 once. A row whose norm is exactly 0 (W0_i = -s·B_i·A exactly, e.g.
+ * an all-zero W0 row with B_i = 0) is written as 0 and counted in the report: m/n is undefined
+ * there (PEFT's division gives Inf or NaN); the C# layer refuses it with an error.
  * Dropout > 0 in training (PEFT's second base matmul on dropout(x)) is composed by the C# side
  * (Ops.Dora.ForwardWithDropout) from these exports, the LoRA ones and lk_cpu_dora_dropout. */
 #ifndef LORA_KERNELS_DORA_H
@@ -16,20 +29,33 @@
 
 #include <stdint.h>
 
-/* sqnorm[i] = Σ_k W0[i,k]² (summed in double, stored fp32). W0 [out, in], sqnorm [out]. */
+/* The norm's target relative error τ: rows whose expansion cannot certify it are recomputed. */
+#define LK_DORA_NORM_TOLERANCE 1e-4
+/* The most products one fp32 partial sum of P = W0 Aᵀ or G = A Aᵀ accumulates before it is added
+ * in double (CPU and GPU kernels alike); the bound's γ_L uses it. */
+#define LK_DORA_PARTIAL_TERMS 64
+
+/* What a weight-norm call did, for the caller's checks and for tests. */
+typedef struct lk_dora_norm_report {
+    int64_t recomputed_rows; /* rows the expansion could not certify, recomputed directly */
+    int64_t zero_rows;       /* rows with n = 0 exactly (written as 0; m/n is undefined there) */
+} lk_dora_norm_report;
+
+/* sqnorm[i] = Σ_k W0[i,k]² (summed in double, rounded to fp32 once). W0 [out, in], sqnorm [out]. */
 LK_API lk_status lk_cpu_dora_row_sqnorm(int64_t out, int64_t in, const float* W0, float* sqnorm);
 
-/* norm[i] = sqrt(max(0, w0_sqnorm[i] + 2s·P_i·B_i + s²·B_i G B_iᵀ)) with P = W0 Aᵀ [out, r] and
- * G = A Aᵀ [r, r] (two GEMMs; the per-row combination in double). W0 [out, in], w0_sqnorm [out]
- * (from lk_cpu_dora_row_sqnorm), A [r, in], B [out, r], norm [out]. r >= 1. */
+/* norm[i] = ‖W0_i + s·B_i·A‖ (the method above). W0 [out, in], w0_sqnorm [out] (from
+ * lk_cpu_dora_row_sqnorm: the bound assumes it is that correctly rounded value), A [r, in],
+ * B [out, r], norm [out]. r >= 1. report may be NULL. Extra memory: P and G in double
+ * (8·(out·r + r²) bytes) and the list of recomputed rows. */
 LK_API lk_status lk_cpu_dora_weight_norm(int64_t out, int64_t in, int64_t r, const float* W0,
                                          const float* w0_sqnorm, const float* A, const float* B,
-                                         float scale, float* norm);
+                                         float scale, float* norm, lk_dora_norm_report* report);
 
 /* DoRA forward: u = x Aᵀ [M, r], z = x W0ᵀ + s·u Bᵀ [M, out] (kept for the backward; may be
  * NULL for inference), y = (magnitude / norm) ⊙ z + bias [M, out]. x [M, in], W0 [out, in],
- * bias [out] or NULL, A [r, in], B [out, r], magnitude [out], norm [out] (lk_cpu_dora_weight_norm).
- * r >= 1. */
+ * bias [out] or NULL, A [r, in], B [out, r], magnitude [out], norm [out] (lk_cpu_dora_weight_norm,
+ * which never returns a zero norm unnoticed: its report counts them). r >= 1. */
 LK_API lk_status lk_cpu_dora_forward(int64_t M, int64_t in, int64_t out, int64_t r,
                                      const float* x, const float* W0, const float* bias,
                                      const float* A, const float* B, float scale,
@@ -48,19 +74,24 @@ LK_API lk_status lk_cpu_dora_backward(int64_t M, int64_t in, int64_t out, int64_
                                       const float* norm, float* dx, float* dA, float* dB,
                                       float* dmagnitude);
 
-/* W[i, :] *= magnitude[i] / norm[i] (invert = 0), or *= norm[i] / magnitude[i] (invert = 1):
- * the row scaling of DoRA's merge (W0 + s·B·A, then scaled) and unmerge (unscaled, then - s·B·A).
- * W [out, in]. */
-LK_API lk_status lk_cpu_dora_scale_rows(int64_t out, int64_t in, float* W, const float* magnitude,
-                                        const float* norm, int32_t invert);
+/* DoRA's merge (invert = 0): W_i <- (m_i / n_i)·(W_i + s·B_i·A), and unmerge (invert = 1):
+ * W_i <- (n_i / m_i)·W_i - s·B_i·A, each element computed in double (B_i·A one element at a time,
+ * never an [out, in] temporary) and rounded to fp32 once, so a row where W0_i and s·B_i·A nearly
+ * cancel is merged as accurately as any other. norm is the pre-merge norm (keep it for unmerge).
+ * Every m_i and n_i must be finite and non-zero (else LK_ERR_INVALID_ARGUMENT naming the row, W
+ * untouched): a zero factor could not be undone. W [out, in], A [r, in], B [out, r]. r >= 1. */
+LK_API lk_status lk_cpu_dora_merge(int64_t out, int64_t in, int64_t r, float* W, const float* A,
+                                   const float* B, const float* magnitude, const float* norm,
+                                   float scale, int32_t invert);
 
-/* QDoRA's norm (lk_cpu_dora_weight_norm with P given transposed, as A·deq(W)ᵀ from the 4-bit
- * matmul): Pt = (W0 Aᵀ)ᵀ [r, out], G = A Aᵀ formed here. w0_sqnorm [out], A [r, in], B [out, r],
- * norm [out]. r >= 1. */
-LK_API lk_status lk_cpu_dora_weight_norm_pt(int64_t out, int64_t in, int64_t r,
-                                            const float* w0_sqnorm, const float* Pt,
-                                            const float* A, const float* B, float scale,
-                                            float* norm);
+/* QDoRA's norm: lk_cpu_dora_weight_norm over a 4-bit base, n_i = ‖deq(W)_i + s·B_i·A‖. Rows of
+ * deq(W) are decoded a few at a time into per-thread scratch (never the whole matrix); codes and
+ * stats as lk_cpu_nf4_matmul (W [out, in] flattened), w0_sqnorm = ‖deq(W)‖²_row [out]. */
+LK_API lk_status lk_cpu_dora_weight_norm_4bit(int64_t out, int64_t in, int64_t r,
+                                              const uint8_t* codes, const lk_quant_stats* stats,
+                                              const float* w0_sqnorm, const float* A,
+                                              const float* B, float scale, float* norm,
+                                              lk_dora_norm_report* report);
 
 /* The forward's column scale alone: y = (magnitude / norm) ⊙ z + bias (bias may be NULL; z may
  * be y). z, y [M, out]. Used where z comes from another base (QDoRA's 4-bit QLoRA forward). */

@@ -45,7 +45,7 @@ public sealed class QDoraTests(DeviceKind kind)
         var (normRef, normMagnitude) = DoraReference.WeightNorm(outFeatures, inFeatures, r, wq, a, b, scale);
         float[] norm = nT.ToArray();
         Expect.NotVacuous("norm", normRef);
-        Expect.Close("norm", norm, normRef, DoraReference.NormBounds(normRef, normMagnitude, inFeatures, r));
+        Expect.Close("norm", norm, normRef, DoraReference.NormBounds(normRef, normMagnitude, r));
 
         var reference = DoraReference.Run(m, inFeatures, outFeatures, r, x, wq, bias, a, b, scale, magnitude, norm, dy);
         var abs = DoraReference.Run(m, inFeatures, outFeatures, r, x, wq, bias, a, b, scale, magnitude, norm, dy, abs: true);
@@ -176,6 +176,48 @@ public sealed class QDoraTests(DeviceKind kind)
         Check("dA", ad, layer.A.Grad!.ToArray(), chain);
         Check("dB", bd, layer.B.Grad!.ToArray(), chain);
         Check("dm", md, layer.Magnitude.Grad!.ToArray(), chain);
+    }
+
+    /// <summary>
+    /// QDoRA's norm on rows that cancel through A's row space: A_0 = deq(W)_0 and A_1 = deq(W)_2, B_0 = (−1/s, 0, 0)
+    /// cancels row 0 exactly and B_2 = (0, −(1 + 2⁻¹²)/s, 0) leaves n_2 = 2⁻¹²·‖deq(W)_2‖ (s a power of two, so
+    /// s·B·A is deq(W)'s rows scaled exactly). Row 2 and the random rows within <see cref="DoraReference.NormBounds"/>
+    /// of the double norm of deq(W), row 2 sent to the direct path (on the GPU backend from a dequantized
+    /// temporary, freed in the same call); with row 0's exact cancellation the op refuses, naming row 0.
+    /// in = 96 is not a multiple of the blocksize (64): blocks straddle rows.
+    /// </summary>
+    [Test]
+    public void NormIsAccurateOnCancellingRows_out9_in96_r3()
+    {
+        const int outFeatures = 9, inFeatures = 96, r = 3;
+        const float scale = 2f;
+        var data = new TestData(TestData.SeedFor("qdora-cancel"));
+        using Tensor w0Dense = Tensor.FromArray(Device, data.NonZero(outFeatures * inFeatures), outFeatures, inFeatures);
+        using QuantizedWeight q = Ops.Nf4.Quantize(w0Dense, QuantType.Nf4, blockSize: 64, doubleQuant: true);
+        float[] wq;
+        using (Tensor deq = Ops.Nf4.Dequantize(q)) wq = deq.ToArray();
+        float[] a = data.NonZero(r * inFeatures), b = data.NonZero(outFeatures * r);
+        Array.Copy(wq, 0, a, 0, inFeatures);
+        Array.Copy(wq, 2 * inFeatures, a, inFeatures, inFeatures);
+        b[6] = b[8] = 0f;
+        b[7] = -(1f + MathF.ScaleB(1f, -12)) / scale;
+        using Tensor sqnorm = Ops.Dora.RowSquaredNorm(q);
+        using Tensor aT = Tensor.FromArray(Device, a, r, inFeatures), bT = Tensor.FromArray(Device, b, outFeatures, r);
+        long before = Device.LiveAllocations;
+        using (Tensor norm = Ops.Dora.WeightNorm(q, aT, bT, scale, sqnorm, out var report))
+        {
+            var (reference, magnitude) = DoraReference.WeightNorm(outFeatures, inFeatures, r, wq, a, b, scale);
+            Expect.NotVacuous("norm", reference);
+            Expect.Close("norm", norm.ToArray(), reference, DoraReference.NormBounds(reference, magnitude, r));
+            Assert.That(reference[2] / Math.Sqrt(Enumerable.Range(0, inFeatures).Sum(k => (double)wq[2 * inFeatures + k] * wq[2 * inFeatures + k])),
+                        Is.EqualTo(Math.ScaleB(1.0, -12)).Within(1e-9), "row 2 cancels to 2⁻¹²");
+            Assert.That(report.RecomputedRows, Is.GreaterThanOrEqualTo(1), "row 2 takes the direct path");
+        }
+        Assert.That(Device.LiveAllocations, Is.EqualTo(before), "the norm's temporaries are freed");
+        bT.CopyFrom(b.Select((v, i) => i == 0 ? -1f / scale : i is 1 or 2 ? 0f : v).ToArray());
+        var e = Assert.Throws<ArithmeticException>(() => Ops.Dora.WeightNorm(q, aT, bT, scale, sqnorm))!;
+        Assert.That(e.Message, Does.Contain("1 row(s) (first: 0)"));
+        Assert.That(Device.LiveAllocations, Is.EqualTo(before), "nothing left allocated by the refusal");
     }
 
     [Test]

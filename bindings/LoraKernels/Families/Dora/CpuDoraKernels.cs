@@ -1,4 +1,4 @@
-// IBackend's DoRA ops over the native CPU kernels (native/cpu/dora.cpp), BF16 staged through fp32
+// IDoraKernels over the native CPU kernels (native/cpu/dora.cpp), BF16 staged through fp32
 // as every CPU op is.
 using LoraKernels.Backends.Cpu;
 using LoraKernels.Interop;
@@ -14,12 +14,14 @@ internal sealed unsafe class CpuDoraKernels : IDoraKernels
         call.WriteBack();
     }
 
-    public void WeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
+    public DoraNormReport WeightNorm(Tensor w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
     {
         using var call = new CpuCall();
+        LkDoraNormReport report;
         Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm(w0.Shape[0], w0.Shape[1], a.Shape[0], call.Input(w0), call.Input(w0SquaredNorm),
-                                                    call.Input(a), call.Input(b), scale, call.Output(norm)));
+                                                    call.Input(a), call.Input(b), scale, call.Output(norm), &report));
         call.WriteBack();
+        return new DoraNormReport(report.RecomputedRows, report.ZeroRows);
     }
 
     public void Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, Tensor magnitude, Tensor norm,
@@ -45,12 +47,16 @@ internal sealed unsafe class CpuDoraKernels : IDoraKernels
         call.WriteBack();
     }
 
-    public void WeightNormTransposed(Tensor w0SquaredNorm, Tensor pt, Tensor a, Tensor b, float scale, Tensor norm)
+    public DoraNormReport WeightNormQuantized(QuantizedWeight w0, Tensor w0SquaredNorm, Tensor a, Tensor b, float scale, Tensor norm)
     {
         using var call = new CpuCall();
-        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_pt(b.Shape[0], a.Shape[1], a.Shape[0], call.Input(w0SquaredNorm), call.Input(pt),
-                                                       call.Input(a), call.Input(b), scale, call.Output(norm)));
+        LkQuantStats stats = call.Stats(w0);
+        LkDoraNormReport report;
+        Check.Cpu(NativeCpu.lk_cpu_dora_weight_norm_4bit(w0.Shape[0], w0.Shape[1], a.Shape[0], call.Bytes(w0.Codes), &stats,
+                                                         call.Input(w0SquaredNorm), call.Input(a), call.Input(b), scale,
+                                                         call.Output(norm), &report));
         call.WriteBack();
+        return new DoraNormReport(report.RecomputedRows, report.ZeroRows);
     }
 
     public void ScaleColumns(Tensor z, Tensor magnitude, Tensor norm, Tensor? bias, Tensor y)
@@ -76,11 +82,11 @@ internal sealed unsafe class CpuDoraKernels : IDoraKernels
         call.WriteBack();
     }
 
-    public void ScaleRows(Tensor w, Tensor magnitude, Tensor norm, bool invert)
+    public void Merge(Tensor w, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale, bool unmerge)
     {
         using var call = new CpuCall();
-        Check.Cpu(NativeCpu.lk_cpu_dora_scale_rows(w.Shape[0], w.Shape[1], call.InputOutput(w), call.Input(magnitude),
-                                                   call.Input(norm), invert ? 1 : 0));
+        Check.Cpu(NativeCpu.lk_cpu_dora_merge(w.Shape[0], w.Shape[1], a.Shape[0], call.InputOutput(w), call.Input(a), call.Input(b),
+                                              call.Input(magnitude), call.Input(norm), scale, unmerge ? 1 : 0));
         call.WriteBack();
     }
 }

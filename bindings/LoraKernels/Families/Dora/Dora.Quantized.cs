@@ -1,8 +1,9 @@
 // QDoRA: the DoRA ops over a frozen 4-bit base W (PEFT's DoRA on a bnb Linear4bit, REFERENCE.md §2),
-// composed from the 4-bit ops and the DoRA column-scale/gradient passes; deq(W) is formed only
-// once, for ‖deq(W)‖²_row (W is frozen), never per step:
-//   norm:     Pᵀ = A·deq(W)ᵀ [r, out] by Nf4.Matmul (A as the activations), then the DoRA norm
-//             combination reading P transposed (n² = ‖w‖² + 2s·P_i·B_i + s²·B_i (A Aᵀ) B_iᵀ).
+// composed from the 4-bit ops and the DoRA column-scale/gradient passes; deq(W) is formed once, for
+// ‖deq(W)‖²_row (W is frozen), and per step only on the GPU backend in a step where some row needs
+// the norm's direct recomputation (rows nearly cancelling s·B·A):
+//   norm:     the dense norm's method (Dora.WeightNorm) with P = deq(W) Aᵀ decoded from the codes
+//             (native/cpu/dora.cpp, kernels/nf4.cu's lk_nf4_project_f32), accurate on every row.
 //   forward:  z = x·deq(W)ᵀ + s·(x Aᵀ) Bᵀ by Qlora.Forward without bias, y = (m/n) ⊙ z + bias.
 //   backward: dm = Σ_t dy ⊙ z / n and dz = dy ⊙ m/n, then Qlora.Backward on dz.
 // The norm needs Pᵀ in fp32, so these ops take F32 tensors only.
@@ -25,9 +26,14 @@ public static partial class Dora
     /// <summary>
     /// n = ‖deq(W) + scale·B·A‖_row, F32 [out], for a quantized w0 [out, in] (F32 compute dtype), a [r, in]
     /// and b [out, r] (F32, w0's device) and <paramref name="w0RowSqNorm"/> = ‖deq(W)‖²_row (F32 [out],
-    /// from <see cref="RowSquaredNorm(QuantizedWeight)"/>). Neither deq(W) nor B·A is formed.
+    /// from <see cref="RowSquaredNorm(QuantizedWeight)"/>); accurate on every row as the dense overload.
     /// </summary>
-    public static Tensor WeightNorm(QuantizedWeight w0, Tensor a, Tensor b, float scale, Tensor w0RowSqNorm)
+    /// <exception cref="ArithmeticException">A row's norm is exactly 0 (m/n is undefined there).</exception>
+    public static Tensor WeightNorm(QuantizedWeight w0, Tensor a, Tensor b, float scale, Tensor w0RowSqNorm) =>
+        WeightNorm(w0, a, b, scale, w0RowSqNorm, out _);
+
+    /// <summary><see cref="WeightNorm(QuantizedWeight, Tensor, Tensor, float, Tensor)"/>, also saying what the kernels did.</summary>
+    internal static Tensor WeightNorm(QuantizedWeight w0, Tensor a, Tensor b, float scale, Tensor w0RowSqNorm, out DoraNormReport report)
     {
         const string op = "Dora.WeightNorm";
         ArgumentNullException.ThrowIfNull(w0);
@@ -36,18 +42,23 @@ public static partial class Dora
         if (a.Rank == 2 && a.Shape[0] == 0)
             throw new ArgumentOutOfRangeException(nameof(a), $"{op}: a is {a.Describe()}, so r = 0; DoRA needs rank r >= 1.");
         long outFeatures = CheckQuantizedOut(op, w0), r = a.Rank == 2 ? a.Shape[0] : 0;
+        if (a.Rank != 2 || a.Shape[1] != w0.Shape[1])
+            throw new ArgumentException($"{op}: a must be [r, in] = [r, {w0.Shape[1]}], got {a.Describe()}", nameof(a));
+        if (!ReferenceEquals(a.Device, w0.Device))
+            throw new ArgumentException($"{op}: a is on {a.Device}, w0 on {w0.Device}.", nameof(a));
+        if (w0.DType != DType.F32)
+            throw new NotSupportedException($"{op}: QDoRA's norm needs an F32 compute dtype, got {w0.Describe()}.");
         Checks.Alive(b, op, nameof(b));
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], DType.F32, a.Device);
         Checks.Finite(op, nameof(scale), scale);
         Checks.Alive(w0RowSqNorm, op, nameof(w0RowSqNorm));
         Checks.Shape(op, nameof(w0RowSqNorm), w0RowSqNorm, "out", [outFeatures], DType.F32, a.Device);
-        // Nf4.Matmul checks W against A (as the activations [r, in]) and their device before allocating.
-        using Tensor pt = Nf4.Matmul(a, w0, null);
 
         Tensor norm = Tensor.Empty(a.Device, DType.F32, outFeatures);
         try
         {
-            IDoraKernels.On(a.Device).WeightNormTransposed(w0RowSqNorm, pt, a, b, scale, norm);
+            report = IDoraKernels.On(a.Device).WeightNormQuantized(w0, w0RowSqNorm, a, b, scale, norm);
+            ThrowIfZeroRows(op, report, norm);
             return norm;
         }
         catch

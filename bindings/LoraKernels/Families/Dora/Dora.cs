@@ -1,7 +1,10 @@
 // The DoRA op family (REFERENCE.md §2, PEFT's DoraLinearLayer): magnitude m [out], weight norm
 // n = ‖W0 + s·B·A‖_row (detached: no gradient flows through it), g = m / n and
 //   y = g ⊙ (x W0ᵀ + s·(x Aᵀ) Bᵀ) + bias.
-// The norm is computed from ‖W0‖²_row without forming B·A (REFERENCE.md §11). Checks every
+// The norm is computed from ‖W0‖²_row without forming B·A (REFERENCE.md §11), accurate relative to
+// the true norm on every row, cancelling ones included (native/include/lora_kernels_dora.h). A row
+// whose norm is exactly 0 makes m/n undefined: PEFT divides anyway and returns Inf or NaN; these ops
+// refuse it (ArithmeticException naming the rows) rather than return Inf (docs/DECISIONS.md). Checks every
 // argument, allocates the outputs, then dispatches to the device's backend (native CPU kernels or
 // kernels/dora.cu composed with kernels/lora.cu). Dropout is not part of these ops: PEFT's DoRA
 // with dropout > 0 in training needs a second base product on dropout(x) (Dora.Dropout.cs); the
@@ -35,9 +38,17 @@ public static partial class Dora
     /// <summary>
     /// n = ‖W0 + scale·B·A‖_row, F32 [out], for w0 [out, in], a [r, in], b [out, r] (one dtype and device).
     /// <paramref name="w0RowSqNorm"/> (F32 [out], from <see cref="RowSquaredNorm"/>) saves a pass over W0
-    /// when given. B·A is never formed: n² = ‖w‖² + 2s·(W0 Aᵀ)·B + s²·B (A Aᵀ) Bᵀ per row, clamped at 0.
+    /// when given. B·A is never formed as a matrix: n² = ‖w‖² + 2s·(W0 Aᵀ)·B + s²·B (A Aᵀ) Bᵀ per row with
+    /// a rigorous error bound; rows where it cannot certify a relative error of 1e-4 (W0_i and s·B_i·A
+    /// nearly cancelling) are recomputed directly in double, so every row is accurate relative to its norm.
     /// </summary>
-    public static Tensor WeightNorm(Tensor w0, Tensor a, Tensor b, float scale, Tensor? w0RowSqNorm = null)
+    /// <exception cref="ArithmeticException">A row's norm is exactly 0 (W0_i = −s·B_i·A, e.g. an all-zero W0 row
+    /// with B_i = 0): DoRA's scale m/n is undefined there.</exception>
+    public static Tensor WeightNorm(Tensor w0, Tensor a, Tensor b, float scale, Tensor? w0RowSqNorm = null) =>
+        WeightNorm(w0, a, b, scale, w0RowSqNorm, out _);
+
+    /// <summary><see cref="WeightNorm(Tensor, Tensor, Tensor, float, Tensor?)"/>, also saying what the kernels did.</summary>
+    internal static Tensor WeightNorm(Tensor w0, Tensor a, Tensor b, float scale, Tensor? w0RowSqNorm, out DoraNormReport report)
     {
         const string op = "Dora.WeightNorm";
         Checks.Alive(w0, op, nameof(w0));
@@ -57,7 +68,8 @@ public static partial class Dora
         try
         {
             Tensor sqnorm = w0RowSqNorm ?? (ownSqNorm = RowSquaredNorm(w0));
-            IDoraKernels.On(w0.Device).WeightNorm(w0, sqnorm, a, b, scale, norm);
+            report = IDoraKernels.On(w0.Device).WeightNorm(w0, sqnorm, a, b, scale, norm);
+            ThrowIfZeroRows(op, report, norm);
             return norm;
         }
         catch
@@ -69,6 +81,21 @@ public static partial class Dora
         {
             ownSqNorm?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Refuses norms with exactly zero rows: m/n is undefined there (PEFT's division gives Inf or NaN), and the
+    /// forward, backward and merge would all divide by it.
+    /// </summary>
+    private static void ThrowIfZeroRows(string op, DoraNormReport report, Tensor norm)
+    {
+        if (report.ZeroRows == 0) return;
+        float[] values = norm.ToArray();
+        int[] rows = Enumerable.Range(0, values.Length).Where(i => values[i] == 0f).Take(8).ToArray();
+        throw new ArithmeticException(
+            $"{op}: ‖W0_i + s·B_i·A‖ is exactly 0 for {report.ZeroRows} row(s) (first: {string.Join(", ", rows)}), so DoRA's " +
+            "scale m_i / n_i is undefined there (PEFT divides by it and returns Inf or NaN). An all-zero row of W0 with " +
+            "B_i = 0 (a new adapter) does this; give those rows a non-zero B_i, or leave them out of the DoRA layer.");
     }
 
     /// <summary>
@@ -150,22 +177,24 @@ public static partial class Dora
     /// <summary>
     /// PEFT's DoRA merge in place: W0 = (m / n) ⊙ (W0 + scale·B·A), row by row, where
     /// <paramref name="norm"/> is ‖W0 + scale·B·A‖_row computed before the merge (keep it for <see cref="Unmerge"/>).
+    /// Each element is formed in double and rounded once, so a row where W0 and scale·B·A nearly cancel
+    /// (n small, m/n large) is merged as accurately as any other.
     /// </summary>
+    /// <exception cref="ArgumentException">Some m_i or n_i is zero or not finite: the merge could not be undone.</exception>
     public static void Merge(Tensor w0, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale)
     {
         const string op = "Dora.Merge";
         CheckMerge(op, w0, a, b, magnitude, norm, scale);
-        Lora.Merge(w0, a, b, scale);
-        IDoraKernels.On(w0.Device).ScaleRows(w0, magnitude, norm, invert: false);
+        IDoraKernels.On(w0.Device).Merge(w0, a, b, magnitude, norm, scale, unmerge: false);
     }
 
-    /// <summary>Undoes <see cref="Merge"/> with the same (pre-merge) norm: W0 = W0 / (m / n) - scale·B·A (exact up to rounding).</summary>
+    /// <summary>Undoes <see cref="Merge"/> with the same (pre-merge) norm: W0 = W0 / (m / n) - scale·B·A (each element in double, rounded once).</summary>
+    /// <exception cref="ArgumentException">Some m_i or n_i is zero or not finite.</exception>
     public static void Unmerge(Tensor w0, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale)
     {
         const string op = "Dora.Unmerge";
         CheckMerge(op, w0, a, b, magnitude, norm, scale);
-        IDoraKernels.On(w0.Device).ScaleRows(w0, magnitude, norm, invert: true);
-        Lora.Unmerge(w0, a, b, scale);
+        IDoraKernels.On(w0.Device).Merge(w0, a, b, magnitude, norm, scale, unmerge: true);
     }
 
     private static void CheckMerge(string op, Tensor w0, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale)
@@ -177,6 +206,17 @@ public static partial class Dora
         Checks.Shape(op, nameof(b), b, "out, r", [outFeatures, r], w0.DType, w0.Device);
         CheckMagnitudeAndNorm(op, magnitude, norm, new AdapterDims(0, inFeatures, outFeatures, r, w0.DType, w0.Device));
         Checks.Finite(op, nameof(scale), scale);
+        // The factor m/n (and n/m to unmerge) must exist: read both back (a merge is not a per-step cost).
+        float[] m = magnitude.ToArray(), n = norm.ToArray();
+        for (int i = 0; i < m.Length; i++)
+        {
+            if (!float.IsFinite(m[i]) || m[i] == 0f)
+                throw new ArgumentException($"{op}: magnitude[{i}] = {m[i]}; merging needs every m_i finite and non-zero, " +
+                                            "or the merge could not be undone.", nameof(magnitude));
+            if (!float.IsFinite(n[i]) || n[i] == 0f)
+                throw new ArgumentException($"{op}: norm[{i}] = {n[i]}; the norm must be finite and non-zero (Dora.WeightNorm).",
+                                            nameof(norm));
+        }
     }
 
     private static void CheckMagnitudeAndNorm(string op, Tensor magnitude, Tensor norm, AdapterDims d)

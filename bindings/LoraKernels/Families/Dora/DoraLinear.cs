@@ -5,12 +5,15 @@
 // low-rank delta (LowRankDelta, initialised as LoraLinear's, so B = 0) and the magnitude m [out],
 // initialised as PEFT's, m0 = ‖W0 + s·B·A‖_row = ‖W0‖_row, so a new layer computes exactly the base
 // layer. ‖W0‖²_row is computed once (W0 is frozen; for QDoRA by dequantizing into a temporary) and
-// every forward derives n from it without forming B·A (deq(W) never formed either).
+// every forward derives n from it without forming B·A as a matrix, accurate on every row
+// (Ops.Dora.WeightNorm). A row whose norm is exactly 0 (an all-zero W0 row while B = 0, or an
+// adapter that cancels a row exactly) makes m/n undefined: construction and the step that meets it
+// throw ArithmeticException naming the rows, where PEFT would produce Inf or NaN.
 // Dropout: with p > 0 in training the layer runs PEFT's dropout formula (Ops.Dora.ForwardWithDropout:
 // y = (x W0ᵀ + b) + (g − 1) ⊙ (x_d W0ᵀ) + g ⊙ s·(x_d Aᵀ Bᵀ), a second base product), F32 layers only
 // (a BF16 layer training with dropout throws NotSupportedException); eval ignores dropout, as PEFT
 // does. Each dropout forward draws its seed from the delta's stream (as LoraLinear). Merge folds the
-// adapter as PEFT does, W0 ← (m/n) ⊙ (W0 + s·B·A), keeping n for Unmerge; while merged the layer
+// adapter as PEFT does, W0 ← (m/n) ⊙ (W0 + s·B·A) (each element in double, rounded once), keeping n for Unmerge; while merged the layer
 // computes x W0ᵀ + bias. Merge on a quantized base throws NotSupportedException (PEFT dequantizes,
 // merges and requantizes; this build does not).
 using LoraKernels.Autograd;
@@ -130,6 +133,7 @@ public sealed class DoraLinear : AdaptedLinear<FrozenLinear>
     }
 
     /// <summary>n = ‖W0 + s·B·A‖_row (F32 [out]) for the current A and B, from the cached ‖W0‖²_row.</summary>
+    /// <exception cref="ArithmeticException">A row's norm is exactly 0 (m/n undefined).</exception>
     public Tensor WeightNorm()
     {
         ThrowIfDisposed();

@@ -3,6 +3,13 @@ using System.Runtime.InteropServices;
 
 namespace LoraKernels.Interop;
 
+/// <summary>lk_dora_norm_report: what a weight-norm call did.</summary>
+internal struct LkDoraNormReport
+{
+    public long RecomputedRows;
+    public long ZeroRows;
+}
+
 internal static unsafe partial class NativeCpu
 {
     [LibraryImport(LibraryNames.Cpu)]
@@ -10,7 +17,12 @@ internal static unsafe partial class NativeCpu
 
     [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_dora_weight_norm(long outFeatures, long inFeatures, long r, float* w0, float* w0Sqnorm,
-                                                      float* a, float* b, float scale, float* norm);
+                                                      float* a, float* b, float scale, float* norm, LkDoraNormReport* report);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_dora_weight_norm_4bit(long outFeatures, long inFeatures, long r, byte* codes,
+                                                           LkQuantStats* stats, float* w0Sqnorm, float* a, float* b, float scale,
+                                                           float* norm, LkDoraNormReport* report);
 
     [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_dora_forward(long m, long inFeatures, long outFeatures, long r, float* x, float* w0,
@@ -24,12 +36,8 @@ internal static unsafe partial class NativeCpu
                                                    float* dMagnitude);
 
     [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_dora_scale_rows(long outFeatures, long inFeatures, float* w, float* magnitude,
-                                                     float* norm, int invert);
-
-    [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_dora_weight_norm_pt(long outFeatures, long inFeatures, long r, float* w0Sqnorm, float* pt,
-                                                         float* a, float* b, float scale, float* norm);
+    public static partial int lk_cpu_dora_merge(long outFeatures, long inFeatures, long r, float* w, float* a, float* b,
+                                                float* magnitude, float* norm, float scale, int invert);
 
     [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_dora_scale_columns(long m, long outFeatures, float* z, float* magnitude, float* norm,

@@ -117,7 +117,7 @@ internal sealed class GpuQloraKernels(GpuLaunch gpu) : IQloraKernels
     }
 
     /// <summary>Appends the statistics arguments (absmax, qabsmax, absmax2, offset) of a plain or nested weight.</summary>
-    private static KernelArguments StatsArguments(KernelArguments args, QuantizedWeight w) =>
+    internal static KernelArguments StatsArguments(KernelArguments args, QuantizedWeight w) =>
         w.IsNested
             ? args.NullPointer().Pointer(w.QAbsmax).Pointer(w.Absmax2).Float(w.Offset)
             : args.Pointer(w.Absmax).NullPointer().NullPointer().Float(0.0f);
