@@ -1,6 +1,8 @@
 // What the catalogue says about one variant: where it sits in the variant guide's six families,
 // its paper, how many parameters it trains on a layer, where it runs, its defaults and whether
 // this build has it.
+using LoraKernels.Layers;
+
 namespace LoraKernels.Variants;
 
 /// <summary>The six categories of the variant guide (000_9cd751effa0af045.txt, section 1.3).</summary>
@@ -29,6 +31,9 @@ public sealed record PaperReference(string Title, int Year, string? ArxivId, str
 /// <summary>Whether <see cref="Catalogue.Create"/> can build the variant in this build.</summary>
 public enum Availability { Available, NotYetAvailable }
 
+/// <summary>Builds a variant's layer over w0 [out, in] (and bias) on a device, with rank r and the options.</summary>
+internal delegate IAdapterLayer LayerFactory(Device device, Tensor w0, Tensor? bias, int r, AdapterOptions options);
+
 public sealed record VariantInfo
 {
     /// <summary>The catalogue key (lower case), as <see cref="Catalogue.Create"/> takes it.</summary>
@@ -50,11 +55,26 @@ public sealed record VariantInfo
     public IReadOnlyList<DType> DTypes { get; init; } = [];
     /// <summary>Its defaults, from REFERENCE.md (PEFT's where PEFT has the variant).</summary>
     public required string Defaults { get; init; }
-    public required Availability Availability { get; init; }
-    /// <summary>The issue that brought it, or that will.</summary>
-    public required string Issue { get; init; }
+
+    /// <summary>Available when this build can create its layer (its family registered a factory).</summary>
+    public Availability Availability => Create is null ? Availability.NotYetAvailable : Availability.Available;
+
+    /// <summary>What a variant that is not available yet needs (null when available).</summary>
+    public string? Planned { get; init; }
 
     public bool IsAvailable => Availability == Availability.Available;
+
+    /// <summary>The layer factory of an available variant (null for a planned one).</summary>
+    internal LayerFactory? Create { get; init; }
+
+    /// <summary>Every device kind, the backends of a variant whose kernels run everywhere.</summary>
+    internal static readonly DeviceKind[] AllDevices = [DeviceKind.Cpu, DeviceKind.Simt, DeviceKind.Cuda];
+
+    /// <summary>The dense storage dtypes.</summary>
+    internal static readonly DType[] DenseDTypes = [DType.F32, DType.BF16];
+
+    /// <summary>The options' rank, else <paramref name="defaultRank"/> (for parameter-count formulas).</summary>
+    internal static long RankOr(AdapterOptions options, int defaultRank) => options.Rank ?? defaultRank;
 
     /// <summary>The rank used when the options leave it unset.</summary>
     public int DefaultRank { get; init; } = 8;
