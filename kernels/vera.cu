@@ -37,6 +37,8 @@ namespace {
 
 constexpr int kVeraThreads = 256;
 constexpr int kVeraWarps = kVeraThreads / 32;
+constexpr int kVeraColumns = 32;  // grad_lambda_d: columns per block, one per lane
+static_assert(kVeraColumns == 32, "one column per lane of a warp");
 static_assert(kVeraThreads % 32 == 0, "whole warps");
 
 // Strategy: one grid-stride loop over the r·in copy (when A_dense is non-null) followed by the
@@ -75,9 +77,9 @@ LK_DEVICE void lk_vera_grad_lambda_b(const T* G, const T* B, const T* lambda_d, 
 // in a fixed order. Grid ceil(r / 32): r is small, so each block streams its columns of all rows.
 template <class T>
 LK_DEVICE void lk_vera_grad_lambda_d(const T* G, const T* B, const T* lambda_b, T* dlambda_d, int out, int r) {
-    LK_SHARED(float, partial, [kVeraWarps][32]);
+    LK_SHARED(float, partial, [kVeraWarps][kVeraColumns]);
     const int lane = (int)threadIdx.x % 32, warp = (int)threadIdx.x / 32;
-    const int i = (int)blockIdx.x * 32 + lane;
+    const int i = (int)blockIdx.x * kVeraColumns + lane;
     float sum = 0.0f;
     if (i < r)
         for (int j = warp; j < out; j += kVeraWarps) sum += lk_load(G + j * r + i) * lk_load(B + j * r + i) * lk_load(lambda_b + j);
