@@ -28,6 +28,7 @@ internal static class DemoProgram
         int? steps = null;
         string outputDirectory = Path.Combine(Environment.CurrentDirectory, "out", "demo");
         bool compare = false;
+        string? deviceName = null;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -37,9 +38,9 @@ internal static class DemoProgram
                 case "--out" when i + 1 < args.Length:
                     outputDirectory = Path.GetFullPath(args[++i]); break;
                 case "--device" when i + 1 < args.Length:
-                    i++; break;  // read by Device.Select
+                    deviceName = args[++i]; break;
                 case var option when option.StartsWith("--device=", StringComparison.Ordinal):
-                    break;       // read by Device.Select
+                    deviceName = option["--device=".Length..]; break;
                 case "--compare":
                     compare = true; break;
                 case "--catalogue":
@@ -51,7 +52,7 @@ internal static class DemoProgram
             }
         }
 
-        Device device = Device.Select(args);
+        Device device = Device.Select(deviceName);
         int stepCount = steps ?? 500;
         var options = new TrainerOptions { ScheduleSteps = stepCount };
         if (compare) return CompareVariants(device, options, stepCount, outputDirectory);

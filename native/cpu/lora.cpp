@@ -1,4 +1,5 @@
-// lora.cpp: LoRA forward, backward and merge on the CPU (same argument order as kernels/lora.cu).
+// lora.cpp: LoRA forward, backward and merge on the CPU: the counterpart of kernels/lora.cu
+// (the same math and outputs; the argument order is the C ABI in lora_kernels.h, not the kernels').
 //
 // Forward, M > kGemvMaxRows: two packed GEMMs.
 //   u = dropout(x) * A^T        [M, r]; the mask is applied while x is packed (never stored).

@@ -83,7 +83,7 @@ namespace LoraKernels.Cli
             string? name = Value("--device");
             try
             {
-                return LoraKernels.Device.Select(name is null ? [] : ["--device", name]);
+                return LoraKernels.Device.Select(name);
             }
             catch (ArgumentException e)
             {

@@ -2,8 +2,8 @@
 // folder (same file system, so the rename cannot degrade into a copy), flushed to the disk
 // (fsync through FileStream.Flush(true)), then renamed over the target. A reader sees the old
 // file or the whole new one, never a half-written one; on any failure the temporary is deleted
-// and the previous file is untouched. (Runtime/ModuleCache.cs still has its own temp-and-rename
-// code for cached cubins; it is meant to move onto this helper.) The folder entry itself is not
+// and the previous file is untouched (Runtime/ModuleCache.cs writes cached cubins through it too).
+// The folder entry itself is not
 // fsynced: .NET cannot open a directory for fsync, so a power cut right after the rename may
 // still show the old file, though never a torn one.
 namespace LoraKernels.IO;

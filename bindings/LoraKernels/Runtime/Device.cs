@@ -59,29 +59,14 @@ public abstract class Device : IDisposable
     }
 
     /// <summary>
-    /// The device named by <c>--device X</c> (or <c>--device=X</c>) in <paramref name="args"/>, else by the
-    /// LORAKERNELS_DEVICE environment variable, else CUDA when available, else the CPU.
+    /// The device called <paramref name="name"/> (see <see cref="FromName"/>) when one is given, else the one
+    /// the LORAKERNELS_DEVICE environment variable names, else CUDA when available, else the CPU.
+    /// Programs parse their own command lines and pass the value of their device option here.
     /// </summary>
-    public static Device Select(string[]? args = null)
+    public static Device Select(string? name = null)
     {
-        string? requested = null;
-        if (args is not null)
-        {
-            for (int i = 0; i < args.Length; i++)
-            {
-                if (args[i] == "--device")
-                {
-                    if (i + 1 >= args.Length) throw new ArgumentException("--device needs a value: cpu, simt, cuda or cuda:N.", nameof(args));
-                    requested = args[i + 1];
-                }
-                else if (args[i].StartsWith("--device=", StringComparison.Ordinal))
-                {
-                    requested = args[i]["--device=".Length..];
-                }
-            }
-        }
-        if (string.IsNullOrWhiteSpace(requested)) requested = Environment.GetEnvironmentVariable("LORAKERNELS_DEVICE");
-        if (!string.IsNullOrWhiteSpace(requested)) return FromName(requested);
+        if (string.IsNullOrWhiteSpace(name)) name = Environment.GetEnvironmentVariable("LORAKERNELS_DEVICE");
+        if (!string.IsNullOrWhiteSpace(name)) return FromName(name);
         return IsCudaAvailable ? Cuda(0) : Cpu;
     }
 

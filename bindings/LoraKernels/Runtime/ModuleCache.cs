@@ -191,25 +191,21 @@ internal sealed unsafe class ModuleCache : IDisposable
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())));
     }
 
-    /// <summary>Writes hash + payload to a temporary file in the same folder, then renames it over the entry.
-    /// A cache that cannot be written is skipped: it only saves time.</summary>
+    /// <summary>Writes hash + payload atomically (IO.AtomicFile). A cache that cannot be written is
+    /// skipped: it only saves time.</summary>
     internal static void TryWriteAtomically(string path, byte[] payload)
     {
-        string temporary = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
-            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write))
+            IO.AtomicFile.Write(path, stream =>
             {
                 stream.Write(SHA256.HashData(payload));
                 stream.Write(payload);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temporary, path, overwrite: true);
+            });
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            TryDelete(temporary);
+            // The next run compiles again.
         }
     }
 

@@ -1,6 +1,6 @@
 // The 4-bit formats: tables, quantize, dequantize, double quantization, argument errors.
 //
-// References are in test_nf4_reference.h (tables copied again from REFERENCE.md, a naive code
+// References are in nf4_reference.h (tables copied again from REFERENCE.md, a naive code
 // search); the statistical bands are derived next to the tests that use them.
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "test_nf4_reference.h"
+#include "nf4_reference.h"
 
 namespace cpu_test {
 namespace {

@@ -1,4 +1,4 @@
-// test_nf4_reference.h: what the 4-bit tests compare against, written independently of the
+// nf4_reference.h: what the 4-bit tests compare against, written independently of the
 // library: the tables copied again from REFERENCE.md (§8.1, §8.2, Appendix B) as float32 bit
 // patterns, a naive code search, a naive decoder and Gaussian test weights.
 #pragma once

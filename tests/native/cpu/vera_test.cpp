@@ -6,7 +6,7 @@
 // Shapes: M in {1, 7, 33} (one row, a prime, past the CPU's dot-product cutoff of 32), in/out
 // multiples of no micro-tile, r in {1, 8, 17}; dropout 0 and 0.3; with and without bias.
 //
-// Tolerances, per element, as test_lora.cpp (u = 2^-24, L the longest fp32 reduction chain that
+// Tolerances, per element, as lora_test.cpp (u = 2^-24, L the longest fp32 reduction chain that
 // feeds the element, magnitude the sum of |terms| of the exact expression):
 //   |got - ref| <= 1e-6 + 4 * (L + 2) * u * magnitude
 // The fold B' = lambda_b * B * lambda_d adds two roundings per term, inside the "+ 2".

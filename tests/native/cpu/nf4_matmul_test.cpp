@@ -1,5 +1,5 @@
 // lk_cpu_nf4_matmul, lk_cpu_qlora_forward and lk_cpu_qlora_backward against double-precision
-// references built on a naive decode of the same codes (test_nf4_reference.h).
+// references built on a naive decode of the same codes (nf4_reference.h).
 //
 // Shapes: M in {1, 7, 16} (the decode path) and {17, 33} (the tiled path); (in, out, blocksize)
 // with in = 192 = 3 blocks of 64 (the AVX-512 register path), in = 100 with blocksize 32 (blocks
@@ -8,7 +8,7 @@
 //
 // Tolerance per output element, u = 2^-24, L the longest fp32 reduction feeding it:
 //   |got - ref| <= 1e-6 + 4 * (L + 2) * u * magnitude
-// with magnitude the sum of |terms| (as test_lora.cpp). The reference uses the decoded weights
+// with magnitude the sum of |terms| (as lora_test.cpp). The reference uses the decoded weights
 // exactly (table value times the block's fp32 absmax, both exact in double), so only the
 // kernel's fp32 accumulation and the one rounding of table * absmax enter.
 #include <gtest/gtest.h>
@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "test_nf4_reference.h"
+#include "nf4_reference.h"
 
 namespace cpu_test {
 namespace {
