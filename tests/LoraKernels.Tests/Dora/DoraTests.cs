@@ -221,6 +221,32 @@ public sealed class DoraTests(DeviceKind kind)
         Assert.That(Device.LiveAllocations, Is.EqualTo(before), "nothing left allocated by the refused construction");
     }
 
+    /// <summary>
+    /// A non-finite adapter (A or B diverged) gives NaN or Inf in exactly the rows it reaches, as PEFT's
+    /// norm would, and the other rows keep their finite, accurate norms: the certified expansion must
+    /// neither hang nor spread the NaN across rows, nor report such a row as a zero norm.
+    /// </summary>
+    [Test]
+    public void NonFiniteAdapterRowsGiveNonFiniteNormsOnlyThere()
+    {
+        const int outFeatures = 5, inFeatures = 9, r = 3;
+        const float scale = 0.5f;
+        var data = new TestData(47);
+        float[] w0 = data.NonZero(outFeatures * inFeatures), a = data.NonZero(r * inFeatures), b = data.NonZero(outFeatures * r);
+        double[] expected = DoraReference.WeightNorm(outFeatures, inFeatures, r, w0, a, b, scale).Norm;
+        b[2 * r + 1] = float.NaN;              // row 2 only
+        b[4 * r] = float.PositiveInfinity;     // row 4 only
+        using Tensor w0T = Tensor.FromArray(Device, w0, outFeatures, inFeatures);
+        using Tensor aT = Tensor.FromArray(Device, a, r, inFeatures);
+        using Tensor bT = Tensor.FromArray(Device, b, outFeatures, r);
+        using Tensor norm = Ops.Dora.WeightNorm(w0T, aT, bT, scale);
+        float[] got = norm.ToArray();
+        Assert.That(float.IsNaN(got[2]), Is.True, $"row 2 (NaN in B_2): {got[2]}");
+        Assert.That(float.IsFinite(got[4]), Is.False, $"row 4 (Inf in B_4): {got[4]}");
+        foreach (int i in new[] { 0, 1, 3 })
+            Assert.That(got[i], Is.EqualTo(expected[i]).Within(1e-5 * expected[i]), $"row {i} keeps its norm");
+    }
+
     [TestCase(DType.F32, 1, 1, 1, 1)]
     [TestCase(DType.F32, 7, 33, 13, 4)]
     [TestCase(DType.F32, 20, 67, 70, 8)]
