@@ -94,6 +94,16 @@ LK_API lk_status lk_cpu_axpy(int64_t n, float alpha, const float* x, float* y);
  * over fixed chunks in a fixed order: the same bits for any thread count. */
 LK_API lk_status lk_cpu_mse_loss(int64_t n, const float* pred, const float* target, float* loss,
                                  float* dpred);
+/* Softmax cross-entropy over the rows of logits [M, C] with class targets [M], as
+ * torch.nn.functional.cross_entropy(reduction="mean", ignore_index, label_smoothing):
+ * loss[0] = mean over rows with targets[i] != ignore_index of
+ *           lse_i - (1 - label_smoothing) * x[i, t_i] - label_smoothing * mean_j x[i, j]
+ * (NaN when no row counts); dlogits (nullable) = (softmax - (1 - ls) * onehot - ls / C) / count,
+ * 0 on ignored rows. A target outside [0, C) that is not ignore_index is an invalid argument.
+ * The same bits for any thread count. */
+LK_API lk_status lk_cpu_cross_entropy(int64_t M, int64_t C, const float* logits, const int32_t* targets,
+                                      int32_t ignore_index, float label_smoothing, float* loss,
+                                      float* dlogits);
 /* index[0] = the smallest i < n with x[i] NaN or +-Inf, or -1 when all n values are finite. */
 LK_API lk_status lk_cpu_first_nonfinite(int64_t n, const float* x, int64_t* index);
 /* AdamW as torch.optim.AdamW: p -= lr*wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;

@@ -88,14 +88,31 @@ public sealed class Tape : IDisposable
     {
         CheckInput(pred);
         ThrowIfUnusable();
-        var (loss, grad) = Ops.Elementwise.MseLoss(pred.Value, target, wantGrad: pred.RequiresGrad);
+        return RecordLoss(pred, Ops.Losses.Mse(pred.Value, target, wantGradient: pred.RequiresGrad));
+    }
+
+    /// <summary>
+    /// Records the softmax cross-entropy of <paramref name="logits"/> [M, C] (F32) against class indices
+    /// <paramref name="targets"/> (see <see cref="Ops.Losses.CrossEntropy"/>: torch's mean reduction,
+    /// ignoreIndex and label smoothing) and returns its value; Backward starts from it.
+    /// </summary>
+    public float CrossEntropyLoss(Variable logits, ReadOnlySpan<int> targets, int ignoreIndex = Ops.Losses.DefaultIgnoreIndex,
+                                  float labelSmoothing = 0f)
+    {
+        CheckInput(logits);
+        ThrowIfUnusable();
+        return RecordLoss(logits, Ops.Losses.CrossEntropy(logits.Value, targets, ignoreIndex, labelSmoothing, wantGradient: logits.RequiresGrad));
+    }
+
+    private float RecordLoss(Variable prediction, Ops.LossResult result)
+    {
         _hasLoss = true;
-        if (grad is not null)
+        if (result.Gradient is { } gradient)
         {
-            Own(grad);
-            _backward.Add(() => AccumulateVariable(pred, grad));
+            Own(gradient);
+            _backward.Add(() => AccumulateVariable(prediction, gradient));
         }
-        return loss;
+        return result.Loss;
     }
 
     /// <summary>
@@ -105,7 +122,7 @@ public sealed class Tape : IDisposable
     public void Backward()
     {
         ThrowIfUnusable();
-        if (!_hasLoss) throw new InvalidOperationException("Backward needs a loss: record one with MseLoss first.");
+        if (!_hasLoss) throw new InvalidOperationException("Backward needs a loss: record one with MseLoss or CrossEntropyLoss, or call Backward(output, gradient) with your own loss's gradient.");
         _backwardDone = true;
         for (int i = _backward.Count - 1; i >= 0; i--) _backward[i]();
     }

@@ -19,6 +19,9 @@ internal partial interface IBackend
     /// <summary>Returns mean((pred - target)²); writes 2(pred - target)/n to <paramref name="dpred"/> when given.</summary>
     float MseLoss(Tensor pred, Tensor target, Tensor? dpred);
 
+    /// <summary>The mean softmax cross-entropy of logits [M, C] (see Ops.Losses.CrossEntropy); writes its gradient to <paramref name="dlogits"/> when given.</summary>
+    float CrossEntropy(Tensor logits, Ops.CrossEntropyProblem problem, Tensor? dlogits);
+
     /// <summary>The smallest flat index of a NaN or ±Inf element of <paramref name="tensor"/>, or -1 when every element is finite.</summary>
     long FirstNonFinite(Tensor tensor);
 

@@ -22,6 +22,9 @@ internal static unsafe partial class NativeCpu
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_relu_backward(long n, float* x, float* dy, float* dx);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_axpy(long n, float alpha, float* x, float* y);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_mse_loss(long n, float* pred, float* target, float* loss, float* dpred);
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_cross_entropy(long m, long c, float* logits, int* targets, int ignoreIndex, float labelSmoothing,
+                                                   float* loss, float* dlogits);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_first_nonfinite(long n, float* x, long* index);
 
     [LibraryImport(LibraryNames.Cpu)]

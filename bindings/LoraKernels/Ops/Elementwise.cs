@@ -1,6 +1,6 @@
-// Element-wise ops the autograd tape needs (ReLU, axpy, MSE loss) plus dtype casts, fills and the
-// non-finite scan behind the library's input checks.
-// ReLU, axpy and the loss are fp32 ops on every device, as their kernels are
+// Element-wise ops the autograd tape needs (ReLU, axpy) plus dtype casts, fills and the
+// non-finite scan behind the library's input checks (the losses are in Losses.cs).
+// ReLU and axpy are fp32 ops on every device, as their kernels are
 // (kernels/elementwise.cu: lk_ew_*_f32), so a BF16 tensor is rejected with a message saying to
 // cast it first (Tape.Cast does so inside a graph); Cast converts between F32 and BF16 and Fill
 // writes either.
@@ -36,19 +36,6 @@ public static class Elementwise
         x.Device.Backend.Axpy(alpha, x, y);
     }
 
-    /// <summary>mean((pred - target)²) and, when asked, its gradient 2(pred - target)/n (F32, same shape and device).</summary>
-    public static (float Loss, Tensor? Grad) MseLoss(Tensor pred, Tensor target, bool wantGrad = true)
-    {
-        const string op = "Elementwise.MseLoss";
-        CheckFp32(op, nameof(pred), pred);
-        Checks.Alive(target, op, nameof(target));
-        Checks.SameAs(op, nameof(target), target, nameof(pred), pred);
-        if (!wantGrad) return (pred.Device.Backend.MseLoss(pred, target, null), null);
-        float loss = 0f;
-        Tensor grad = Produce(pred, DType.F32, dpred => loss = pred.Device.Backend.MseLoss(pred, target, dpred));
-        return (loss, grad);
-    }
-
     /// <summary>The smallest flat index of a NaN or ±Inf element of <paramref name="x"/> (F32 or BF16), or -1 when all are finite.</summary>
     public static long FirstNonFinite(Tensor x)
     {
@@ -76,7 +63,7 @@ public static class Elementwise
         tensor.Device.Backend.Fill(tensor, value);
     }
 
-    private static void CheckFp32(string op, string name, Tensor tensor)
+    internal static void CheckFp32(string op, string name, Tensor tensor)
     {
         Checks.Alive(tensor, op, name);
         Checks.Fp32(op, name, tensor);
@@ -84,7 +71,7 @@ public static class Elementwise
     }
 
     /// <summary>A new tensor shaped like <paramref name="like"/> on its device, filled by <paramref name="compute"/>; freed if that throws.</summary>
-    private static Tensor Produce(Tensor like, DType dtype, Action<Tensor> compute)
+    internal static Tensor Produce(Tensor like, DType dtype, Action<Tensor> compute)
     {
         Tensor result = Tensor.Empty(like.Device, dtype, [.. like.Shape]);
         try

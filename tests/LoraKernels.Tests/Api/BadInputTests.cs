@@ -163,8 +163,8 @@ public sealed class BadInputTests(DeviceKind kind)
         using var otherDtype = Make(DType.BF16, M, In);
         RejectsArgument("dy", () => Elementwise.ReluBackward(_x, other));
         RejectsArgument("y", () => Elementwise.Axpy(1f, _x, other));
-        RejectsArgument("target", () => Elementwise.MseLoss(_x, other));
-        RejectsArgument("target", () => Elementwise.MseLoss(_x, otherDtype));
+        RejectsArgument("target", () => Losses.Mse(_x, other));
+        RejectsArgument("target", () => Losses.Mse(_x, otherDtype));
     }
 
     [Test]
@@ -175,7 +175,7 @@ public sealed class BadInputTests(DeviceKind kind)
         RejectsArgument("x", () => Elementwise.Relu(xBf16));
         RejectsArgument("x", () => Elementwise.ReluBackward(xBf16, dyBf16));
         RejectsArgument("x", () => Elementwise.Axpy(1f, xBf16, dyBf16));
-        RejectsArgument("pred", () => Elementwise.MseLoss(xBf16, dyBf16));
+        RejectsArgument("pred", () => Losses.Mse(xBf16, dyBf16));
     }
 
     /// <summary>An activation of the wrong width, dtype or device is x's fault (the frozen base fixes them), for every adapter family.</summary>

@@ -115,7 +115,7 @@ internal static class ElementwiseParity
         {
             using var p = Tensor.FromArray(device, pred, c.DType, c.Shape);
             using var t = Tensor.FromArray(device, target, c.DType, c.Shape);
-            var (deviceLoss, deviceGrad) = Elementwise.MseLoss(p, t);
+            var (deviceLoss, deviceGrad) = Losses.Mse(p, t);
             using (deviceGrad)
             {
                 Assert.That(deviceLoss, Is.EqualTo(loss).Within(lossBound), $"{device.Kind} loss");
@@ -125,7 +125,7 @@ internal static class ElementwiseParity
                                                        + Tolerance.OutputRounding(deviceGrad.DType)) * Math.Abs(g)).ToArray();
                 Expect.Close($"{device.Kind} mse gradient", deviceGrad.ToArray(), grad, gradBound);
             }
-            var (lossOnly, noGrad) = Elementwise.MseLoss(p, t, wantGrad: false);
+            var (lossOnly, noGrad) = Losses.Mse(p, t, wantGradient: false);
             Assert.That(noGrad, Is.Null, $"{device.Kind}: no gradient when not asked");
             Assert.That(lossOnly, Is.EqualTo(loss).Within(lossBound), $"{device.Kind} loss without gradient");
         }

@@ -25,9 +25,9 @@ public sealed class DeterminismTests
         var data = new TestData(4);
         using Tensor pred = Tensor.FromArray(Device.Simt, data.NonZero(1 << 18), 1 << 18);
         using Tensor target = Tensor.FromArray(Device.Simt, data.NonZero(1 << 18), 1 << 18);
-        float first = Ops.Elementwise.MseLoss(pred, target, wantGrad: false).Loss;
+        float first = Ops.Losses.Mse(pred, target, wantGradient: false).Loss;
         for (int run = 0; run < 5; run++)
-            Assert.That(BitConverter.SingleToInt32Bits(Ops.Elementwise.MseLoss(pred, target, wantGrad: false).Loss),
+            Assert.That(BitConverter.SingleToInt32Bits(Ops.Losses.Mse(pred, target, wantGradient: false).Loss),
                         Is.EqualTo(BitConverter.SingleToInt32Bits(first)));
     }
 

@@ -504,7 +504,9 @@ TEST_P(DoraDropoutParity, MatchesCpuBitExact) {
                 ASSERT_EQ(got[(size_t)i], xv[(size_t)i] * keep) << "element " << i;
             }
         }
-        if (p == 0.0f) EXPECT_EQ(dropped, 0);
+        if (p == 0.0f) {
+            EXPECT_EQ(dropped, 0);
+        }
         if (n >= 8193) {  // the drop count is Binomial(n, p): within 6 standard deviations
             const double sigma = std::sqrt(n * (double)p * (1.0 - p));
             EXPECT_NEAR(dropped, n * (double)p, 6.0 * sigma + 1.0);

@@ -85,6 +85,12 @@ inline Grid ElementwiseGrid(int64_t n, int multiprocessors) {
     return {(uint32_t)std::max<int64_t>(blocks, 1), 1};
 }
 
+// GpuLaunch.RowGrid: one block per row at a time, capped like the element-wise grid.
+inline Grid RowGrid(int64_t rows, int multiprocessors) {
+    const int64_t blocks = std::min<int64_t>(rows, (int64_t)std::max(multiprocessors, 1) * kElementwiseBlocksPerMultiprocessor);
+    return {(uint32_t)std::max<int64_t>(blocks, 1), 1};
+}
+
 // ---- buffers --------------------------------------------------------------------------------------
 enum class DType { F32, BF16 };
 inline const char* Suffix(DType dtype) {

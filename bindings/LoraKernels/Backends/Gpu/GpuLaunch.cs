@@ -48,9 +48,15 @@ internal sealed class GpuLaunch(IKernelDevice device)
     /// <typeparamref name="T"/> into a temporary, and returns the partials in block order.
     /// <paramref name="arguments"/> packs the kernel's parameters around the partials buffer.
     /// </summary>
-    public T[] BlockPartials<T>(string kernel, long n, Action<KernelArguments, DeviceBuffer> arguments) where T : unmanaged
+    public T[] BlockPartials<T>(string kernel, long n, Action<KernelArguments, DeviceBuffer> arguments) where T : unmanaged =>
+        Partials<T>(kernel, ElementwiseGrid(n, Device.MultiprocessorCount), arguments);
+
+    /// <summary>As <see cref="BlockPartials"/> for a kernel whose blocks take whole rows in turn (<see cref="RowGrid"/>).</summary>
+    public T[] RowPartials<T>(string kernel, long rows, Action<KernelArguments, DeviceBuffer> arguments) where T : unmanaged =>
+        Partials<T>(kernel, RowGrid(rows, Device.MultiprocessorCount), arguments);
+
+    private T[] Partials<T>(string kernel, uint blocks, Action<KernelArguments, DeviceBuffer> arguments) where T : unmanaged
     {
-        uint blocks = ElementwiseGrid(n, Device.MultiprocessorCount);
         var partials = new T[blocks];
         using DeviceBuffer buffer = Device.Allocate((long)blocks * Unsafe.SizeOf<T>());
         using (var args = new KernelArguments())
@@ -106,6 +112,10 @@ internal sealed class GpuLaunch(IKernelDevice device)
     }
 
     /// <summary>Grid for a grid-stride kernel over n elements: its blocks, capped at a few per multiprocessor.</summary>
+    /// <summary>One block per row at a time, capped like the element-wise grid (the kernel loops over the rest).</summary>
+    internal static uint RowGrid(long rows, int multiprocessors) =>
+        (uint)Math.Max(1, Math.Min(rows, (long)Math.Max(multiprocessors, 1) * ElementwiseBlocksPerMultiprocessor));
+
     internal static uint ElementwiseGrid(long n, int multiprocessors)
     {
         long blocks = Math.Min((n + ElementwiseThreads - 1) / ElementwiseThreads,
