@@ -6,6 +6,7 @@ namespace LoraKernels.Autograd;
 public sealed class Parameter : IDisposable
 {
     private Tensor? _grad;
+    private Tensor _value;
 
     /// <summary>Wraps <paramref name="value"/>, taking ownership of it.</summary>
     public Parameter(string name, Tensor value, bool requiresGrad = true)
@@ -14,12 +15,38 @@ public sealed class Parameter : IDisposable
         ArgumentNullException.ThrowIfNull(value);
         value.ThrowIfDisposed(nameof(value));
         Name = name;
-        Value = value;
+        _value = value;
         RequiresGrad = requiresGrad;
     }
 
     public string Name { get; }
-    public Tensor Value { get; }
+
+    /// <summary>
+    /// The trainable tensor. Setting it (to load weights, as PyTorch's <c>param.data = t</c>) takes ownership of
+    /// the new tensor and disposes the old one; the new one must have the old one's shape, dtype and device,
+    /// since the layer's kernels are built for them. The gradient is dropped; optimizer state (moments) is
+    /// kept, and an optimizer's fp32 master copy of a BF16 value is refreshed from the new value at its next step.
+    /// To copy values into the existing tensor instead, use <c>Value.CopyFrom</c>.
+    /// </summary>
+    public Tensor Value
+    {
+        get => _value;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            if (ReferenceEquals(_value, value)) return;
+            const string op = "Parameter.Value";
+            Ops.Checks.Alive(value, op, nameof(value));
+            Ops.Checks.SameAs(op, nameof(value), value, Name, _value);
+            Grad = null;
+            _value.Dispose();
+            _value = value;
+            Version++;
+        }
+    }
+
+    /// <summary>Counts assignments to <see cref="Value"/>, so state derived from the value (master copies) can tell it is stale.</summary>
+    internal long Version { get; private set; }
 
     /// <summary>The accumulated gradient (F32, Value's shape and device), or null before the first backward pass
     /// and after ZeroGrad. Setting it takes ownership of the new tensor and disposes the old one.</summary>

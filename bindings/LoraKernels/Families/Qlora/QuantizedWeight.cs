@@ -111,11 +111,24 @@ public sealed class QuantizedWeight : IDisposable
     /// <summary>The packed codes as bitsandbytes stores them (bnb's "weight", shape [(n + 1) / 2, 1] uint8).</summary>
     public byte[] CodesToArray() => Download(Live(_codes));
 
-    /// <summary>The plain fp32 absmax [BlockCount] (bnb's "weight.absmax" when not nested).</summary>
-    /// <exception cref="InvalidOperationException">The statistics are nested (use QuantizedAbsmaxToArray / NestedAbsmaxToArray).</exception>
-    public float[] AbsmaxToArray() =>
-        MemoryMarshal.Cast<byte, float>(Download(Live(_absmax, allowMissing: true)
-            ?? throw new InvalidOperationException($"{Describe()} keeps only nested statistics; read QuantizedAbsmaxToArray and NestedAbsmaxToArray."))).ToArray();
+    /// <summary>
+    /// The fp32 absmax of every block [BlockCount]: bnb's "weight.absmax" when not nested; when nested, the
+    /// values the kernels use, decoded as bitsandbytes' dequantize_blockwise does
+    /// (dynamic_map[qabsmax[i]] · absmax2[i / 256] + offset).
+    /// </summary>
+    public float[] AbsmaxToArray()
+    {
+        if (Live(_absmax, allowMissing: true) is { } plain) return MemoryMarshal.Cast<byte, float>(Download(plain)).ToArray();
+        byte[] quantized = QuantizedAbsmaxToArray();
+        float[] nested = NestedAbsmaxToArray(), absmax = new float[BlockCount];
+        unsafe
+        {
+            fixed (byte* q = quantized)
+            fixed (float* a2 = nested, a = absmax)
+                Interop.Check.Cpu(Interop.NativeCpu.lk_cpu_double_dequantize(BlockCount, q, a2, Offset, a));
+        }
+        return absmax;
+    }
 
     /// <summary>The uint8 qabsmax [BlockCount] (bnb's "weight.absmax" when nested).</summary>
     public byte[] QuantizedAbsmaxToArray() =>

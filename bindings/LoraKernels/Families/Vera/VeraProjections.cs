@@ -3,8 +3,8 @@
 // top-left slices A_l = vera_A[:, :in_l] and B_l = vera_B[:out_l, :]. Values as PEFT's
 // kaiming-uniform variant, U(±sqrt(6/fan_in)) with fan_in = max_in for vera_A and r for vera_B,
 // drawn vera_A first, then vera_B, from LoraKernels' SplitMix64 seeded with projection_prng_key
-// (reproducible within LoraKernels, not PyTorch's draws: REFERENCE.md §10.1 and §11; load saved
-// projections to match a PEFT checkpoint). Never trained, never counted as parameters. The layers
+// (reproducible within LoraKernels, not PyTorch's draws: REFERENCE.md §10.1 and §11; FromTensors
+// loads saved projections, e.g. a PEFT checkpoint's base_model.vera_A / vera_B, to match it). Never trained, never counted as parameters. The layers
 // that read them do not own them: dispose the projections after the last layer that uses them.
 using LoraKernels.Runtime;
 
@@ -55,6 +55,36 @@ public sealed class VeraProjections : IDisposable
         catch
         {
             veraA.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Projections with saved values (a copy: the caller keeps <paramref name="veraA"/> [r, maxIn] and
+    /// <paramref name="veraB"/> [maxOut, r], which must share r, dtype and device and be finite), e.g. PEFT's
+    /// base_model.vera_A / vera_B saved with save_projection=True.
+    /// </summary>
+    public static VeraProjections FromTensors(Tensor veraA, Tensor veraB, ulong projectionPrngKey = 0)
+    {
+        const string op = "VeraProjections.FromTensors";
+        Ops.Checks.Alive(veraA, op, nameof(veraA));
+        Ops.Checks.Alive(veraB, op, nameof(veraB));
+        var (r, _) = Ops.Checks.Matrix(op, nameof(veraA), veraA, "r, max_in");
+        Ops.Checks.Matrix(op, nameof(veraB), veraB, "max_out, r");
+        if (veraB.Shape[1] != r || veraB.DType != veraA.DType || !ReferenceEquals(veraB.Device, veraA.Device))
+            throw new ArgumentException(
+                $"{op}: veraB must be [max_out, r = {r}] with veraA's dtype and device ({veraA.Describe()}), got {veraB.Describe()}", nameof(veraB));
+        const string why = "frozen projections holding NaN or Inf make every VeRA layer's output non-finite.";
+        Ops.Checks.AllFinite(op, nameof(veraA), veraA, why);
+        Ops.Checks.AllFinite(op, nameof(veraB), veraB, why);
+        Tensor a = veraA.Clone();
+        try
+        {
+            return new VeraProjections(a, veraB.Clone(), projectionPrngKey);
+        }
+        catch
+        {
+            a.Dispose();
             throw;
         }
     }
