@@ -52,7 +52,7 @@ public static partial class Dora
     /// x_d = <see cref="Dropout"/>(x, p, seed), over a dense w0 (pass <paramref name="quantizedW0"/> null) or a
     /// quantized one (pass <paramref name="w0"/> null). F32. Returns Y and the state for the backward.
     /// </summary>
-    public static (Tensor Y, DropoutState State) ForwardWithDropout(Tensor x, Tensor? w0, QuantizedWeight? quantizedW0, Tensor? bias,
+    public static DoraDropoutForwardResult ForwardWithDropout(Tensor x, Tensor? w0, QuantizedWeight? quantizedW0, Tensor? bias,
                                                                      Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale,
                                                                      float p, ulong seed)
     {
@@ -84,7 +84,7 @@ public static partial class Dora
                 }
                 Elementwise.Axpy(1f, yd, y);
             }
-            return (y, new DropoutState(u, z!, xd));
+            return new(y, new DropoutState(u, z!, xd));
         }
         catch
         {
@@ -98,7 +98,7 @@ public static partial class Dora
     /// base, scale, p and seed. dm_j = Σ_t dy·z_d / n_j; dA, dB as DoRA's on x_d;
     /// dx = dy W0 + mask ⊙ ((dy ⊙ (g − 1)) W0 + s·((dy ⊙ g) B) A). Each only when requested.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DB, Tensor? DMagnitude) BackwardWithDropout(
+    public static DoraGradients BackwardWithDropout(
         Tensor x, Tensor? w0, QuantizedWeight? quantizedW0, Tensor a, Tensor b, Tensor magnitude, Tensor norm, DropoutState state,
         Tensor dy, float scale, float p, ulong seed,
         bool needDx = true, bool needDA = true, bool needDB = true, bool needDMagnitude = true)
@@ -116,7 +116,7 @@ public static partial class Dora
         Tensor? dv = null, masked = null;
         try
         {
-            if (dxd is null) return (null, dA, dB, dm);
+            if (dxd is null) return new(null, dA, dB, dm);
             // dv = dy W0 (the base term's input gradient, scale 0 leaves no adapter term).
             dv = quantizedW0 is not null
                 ? Qlora.Backward(xd, quantizedW0, a, b, state.U, dy, 0f, needDA: false, needDB: false).Dx
@@ -127,7 +127,7 @@ public static partial class Dora
             Elementwise.Axpy(1f, masked, dv!);
             Tensor dx = dv!;
             dv = null;
-            return (dx, dA, dB, dm);
+            return new(dx, dA, dB, dm);
         }
         catch
         {

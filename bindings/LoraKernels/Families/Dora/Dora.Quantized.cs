@@ -71,13 +71,27 @@ public static partial class Dora
     /// <summary>
     /// y = (magnitude / norm) ⊙ (x·deq(W)ᵀ + scale·(x Aᵀ) Bᵀ) + bias over a quantized w0 [out, in]; x [M, in],
     /// bias [out] or null, a [r, in], b [out, r], magnitude [out] (all F32, one device), norm F32 [out]
-    /// (from <see cref="WeightNorm(QuantizedWeight, Tensor, Tensor, float, Tensor)"/>). Returns Y, U = x Aᵀ
-    /// (F32 [M, r]) and, when <paramref name="keepZ"/>, Z = x·deq(W)ᵀ + scale·U Bᵀ for <see cref="Backward(Tensor, QuantizedWeight, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, float, bool, bool, bool, bool)"/>.
+    /// (from <see cref="WeightNorm(QuantizedWeight, Tensor, Tensor, float, Tensor)"/>). Returns Y and what the
+    /// backward takes: U = x Aᵀ (F32 [M, r]) and Z = x·deq(W)ᵀ + scale·U Bᵀ.
     /// </summary>
-    public static (Tensor Y, Tensor U, Tensor? Z) Forward(Tensor x, QuantizedWeight w0, Tensor? bias, Tensor a, Tensor b,
-                                                          Tensor magnitude, Tensor norm, float scale, bool keepZ = true)
+    public static DoraForwardResult Forward(Tensor x, QuantizedWeight w0, Tensor? bias, Tensor a, Tensor b,
+                                            Tensor magnitude, Tensor norm, float scale)
     {
-        const string op = "Dora.Forward";
+        var (y, u, z) = Run("Dora.Forward", x, w0, bias, a, b, magnitude, norm, scale, keepZ: true);
+        return new(y, u, z!);
+    }
+
+    /// <summary>Y of the quantized <see cref="Forward(Tensor, QuantizedWeight, Tensor?, Tensor, Tensor, Tensor, Tensor, float)"/> alone (inference).</summary>
+    public static Tensor Infer(Tensor x, QuantizedWeight w0, Tensor? bias, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale)
+    {
+        var (y, u, _) = Run("Dora.Infer", x, w0, bias, a, b, magnitude, norm, scale, keepZ: false);
+        u.Dispose();
+        return y;
+    }
+
+    private static (Tensor Y, Tensor U, Tensor? Z) Run(string op, Tensor x, QuantizedWeight w0, Tensor? bias, Tensor a, Tensor b,
+                                                       Tensor magnitude, Tensor norm, float scale, bool keepZ)
+    {
         Checks.Alive(x, op, nameof(x));
         Checks.Fp32(op, nameof(x), x);
         long outFeatures = CheckQuantizedOut(op, w0);
@@ -106,11 +120,11 @@ public static partial class Dora
     }
 
     /// <summary>
-    /// Gradients of the quantized <see cref="Forward(Tensor, QuantizedWeight, Tensor?, Tensor, Tensor, Tensor, Tensor, float, bool)"/>
+    /// Gradients of the quantized <see cref="Forward(Tensor, QuantizedWeight, Tensor?, Tensor, Tensor, Tensor, Tensor, float)"/>
     /// with the norm detached: dm_j = Σ_t dy·z / n_j, and with dz = dy ⊙ m / n, dx = dz·deq(W) + s·(dz B) A,
     /// dA = s·(dz B)ᵀ x, dB = s·dzᵀ U; each only when requested.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DB, Tensor? DMagnitude) Backward(
+    public static DoraGradients Backward(
         Tensor x, QuantizedWeight w0, Tensor a, Tensor b, Tensor magnitude, Tensor norm, Tensor u, Tensor z, Tensor dy, float scale,
         bool needDx = true, bool needDA = true, bool needDB = true, bool needDMagnitude = true)
     {
@@ -126,7 +140,7 @@ public static partial class Dora
         Checks.Alive(dy, op, nameof(dy));
         Checks.Shape(op, nameof(dy), dy, "M, out", [m, outFeatures], x.DType, x.Device);
         bool lora = needDx || needDA || needDB;
-        if (!lora && !needDMagnitude) return (null, null, null, null);
+        if (!lora && !needDMagnitude) return new(null, null, null, null);
 
         Tensor? dz = null, dm = null;
         try
@@ -134,10 +148,10 @@ public static partial class Dora
             if (needDMagnitude) dm = Tensor.Empty(x.Device, x.DType, outFeatures);
             if (lora) dz = Tensor.Empty(x.Device, x.DType, m, outFeatures);
             IDoraKernels.On(x.Device).ScaleGrad(dy, z, magnitude, norm, dm, dz);
-            if (!lora) return (null, null, null, dm);
+            if (!lora) return new(null, null, null, dm);
             // Qlora.Backward checks x, W, A, B, U and the scale.
             var (dx, dA, dB) = Qlora.Backward(x, w0, a, b, u, dz!, scale, needDx: needDx, needDA: needDA, needDB: needDB);
-            return (dx, dA, dB, dm);
+            return new(dx, dA, dB, dm);
         }
         catch
         {

@@ -101,13 +101,27 @@ public static partial class Dora
     /// <summary>
     /// y = (magnitude / norm) ⊙ (x W0ᵀ + scale·(x Aᵀ) Bᵀ) + bias. x [M, in], w0 [out, in], bias [out] or
     /// null, a [r, in], b [out, r], magnitude [out] (all x's dtype and device), norm F32 [out] (from
-    /// <see cref="WeightNorm"/>). Returns Y [M, out], U = x Aᵀ (F32 [M, r]) and, when
-    /// <paramref name="keepZ"/>, Z = x W0ᵀ + scale·U Bᵀ [M, out] (x's dtype): <see cref="Backward"/> needs U and Z.
+    /// <see cref="WeightNorm"/>). Returns Y [M, out] and what <see cref="Backward"/> takes: U = x Aᵀ
+    /// (F32 [M, r]) and Z = x W0ᵀ + scale·U Bᵀ [M, out] (x's dtype). For inference, <see cref="Infer"/> keeps neither.
     /// </summary>
-    public static (Tensor Y, Tensor U, Tensor? Z) Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
-                                                          Tensor magnitude, Tensor norm, float scale, bool keepZ = true)
+    public static DoraForwardResult Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
+                                            Tensor magnitude, Tensor norm, float scale)
     {
-        const string op = "Dora.Forward";
+        var (y, u, z) = Run("Dora.Forward", x, w0, bias, a, b, magnitude, norm, scale, keepZ: true);
+        return new(y, u, z!);
+    }
+
+    /// <summary>Y of <see cref="Forward"/> alone (inference: nothing is kept for a backward pass).</summary>
+    public static Tensor Infer(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, Tensor magnitude, Tensor norm, float scale)
+    {
+        var (y, u, _) = Run("Dora.Infer", x, w0, bias, a, b, magnitude, norm, scale, keepZ: false);
+        u.Dispose();
+        return y;
+    }
+
+    private static (Tensor Y, Tensor U, Tensor? Z) Run(string op, Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
+                                                       Tensor magnitude, Tensor norm, float scale, bool keepZ)
+    {
         AdapterDims d = AdapterChecks.DenseAdapter(op, "DoRA", x, w0, a, b);
         if (bias is not null)
         {
@@ -141,7 +155,7 @@ public static partial class Dora
     /// dx = dz W0 + s·(dz B) A, dA = s·(dz B)ᵀ x, dB = s·dzᵀ U; each only when requested (null otherwise),
     /// in x's dtype.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DB, Tensor? DMagnitude) Backward(
+    public static DoraGradients Backward(
         Tensor x, Tensor w0, Tensor a, Tensor b, Tensor magnitude, Tensor norm, Tensor u, Tensor z, Tensor dy, float scale,
         bool needDx = true, bool needDA = true, bool needDB = true, bool needDMagnitude = true)
     {
@@ -155,7 +169,7 @@ public static partial class Dora
         Checks.Alive(dy, op, nameof(dy));
         Checks.Shape(op, nameof(dy), dy, "M, out", [d.M, d.Out], d.DType, d.Device);
         Checks.Finite(op, nameof(scale), scale);
-        if (!needDx && !needDA && !needDB && !needDMagnitude) return (null, null, null, null);
+        if (!needDx && !needDA && !needDB && !needDMagnitude) return new(null, null, null, null);
 
         Tensor? dx = null, dA = null, dB = null, dm = null;
         try
@@ -165,7 +179,7 @@ public static partial class Dora
             if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
             if (needDMagnitude) dm = Tensor.Empty(d.Device, d.DType, d.Out);
             IDoraKernels.On(d.Device).Backward(x, w0, a, b, u, z, dy, scale, magnitude, norm, dx, dA, dB, dm);
-            return (dx, dA, dB, dm);
+            return new(dx, dA, dB, dm);
         }
         catch
         {

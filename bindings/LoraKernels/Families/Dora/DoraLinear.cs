@@ -125,11 +125,9 @@ public sealed class DoraLinear : AdaptedLinear<FrozenLinear>
             state.Dispose();
             return yDropout;
         }
-        var (y, u, _) = QuantizedW0 is { } q
-            ? Ops.Dora.Forward(x, q, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false)
-            : Ops.Dora.Forward(x, W0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale, keepZ: false);
-        u.Dispose();
-        return y;
+        return QuantizedW0 is { } q
+            ? Ops.Dora.Infer(x, q, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale)
+            : Ops.Dora.Infer(x, W0, Bias, A.Value, B.Value, Magnitude.Value, norm, Scale);
     }
 
     /// <summary>n = ‖W0 + s·B·A‖_row (F32 [out]) for the current A and B, from the cached ‖W0‖²_row.</summary>

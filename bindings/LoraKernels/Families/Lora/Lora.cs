@@ -14,7 +14,7 @@ public static class Lora
     /// U = dropout(x) Aᵀ [M, r] (F32), which <see cref="Backward"/> needs. The dropout mask is a
     /// pure function of (seed, element index), so the backward pass regenerates it.
     /// </summary>
-    public static (Tensor Y, Tensor U) Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
+    public static ForwardResult Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
                                                float scale, float dropoutP = 0f, ulong seed = 0)
     {
         const string op = "Lora.Forward";
@@ -35,7 +35,7 @@ public static class Lora
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
             ILoraKernels.On(d.Device).Forward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
-            return (y, u);
+            return new(y, u);
         }
         catch
         {
@@ -49,7 +49,7 @@ public static class Lora
     /// dx [M, in] (x's dtype), dA [r, in] and dB [out, r] (A's and B's dtype), each only when requested
     /// (null otherwise). Pass the forward's scale, dropout probability and seed.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DB) Backward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u,
+    public static LoraGradients Backward(Tensor x, Tensor w0, Tensor a, Tensor b, Tensor u,
                                                                Tensor dy, float scale, float dropoutP = 0f, ulong seed = 0,
                                                                bool needDx = true, bool needDA = true, bool needDB = true)
     {
@@ -61,7 +61,7 @@ public static class Lora
         Checks.Shape(op, nameof(dy), dy, "M, out", [d.M, d.Out], d.DType, d.Device);
         Checks.Finite(op, nameof(scale), scale);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        if (!needDx && !needDA && !needDB) return (null, null, null);
+        if (!needDx && !needDA && !needDB) return new(null, null, null);
 
         Tensor? dx = null, dA = null, dB = null;
         try
@@ -70,7 +70,7 @@ public static class Lora
             if (needDA) dA = Tensor.Empty(d.Device, d.DType, d.R, d.In);
             if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
             ILoraKernels.On(d.Device).Backward(x, w0, a, b, u, dy, scale, dropoutP, seed, dx, dA, dB);
-            return (dx, dA, dB);
+            return new(dx, dA, dB);
         }
         catch
         {

@@ -13,7 +13,7 @@ public static class Qlora
     /// the base weight quantized. A [r, in] and B [out, r] in x's dtype. Returns Y [M, out] (x's
     /// dtype) and U = dropout(x)·Aᵀ [M, r] (F32) for <see cref="Backward"/>.
     /// </summary>
-    public static (Tensor Y, Tensor U) Forward(Tensor x, QuantizedWeight w, Tensor? bias, Tensor a, Tensor b,
+    public static ForwardResult Forward(Tensor x, QuantizedWeight w, Tensor? bias, Tensor a, Tensor b,
                                                     float scale, float dropoutP = 0f, ulong seed = 0)
     {
         const string op = "Qlora.Forward";
@@ -30,7 +30,7 @@ public static class Qlora
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
             IQloraKernels.On(d.Device).Forward(x, w, bias, a, b, scale, dropoutP, seed, y, u);
-            return (y, u);
+            return new(y, u);
         }
         catch
         {
@@ -44,7 +44,7 @@ public static class Qlora
     /// (F32): dx [M, in] = dy·deq(W) + dropout'(du·A), dA [r, in], dB [out, r], each only when requested.
     /// The base weight is frozen, so it has no gradient. Pass the forward's scale, dropout and seed.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DB) Backward(Tensor x, QuantizedWeight w, Tensor a, Tensor b, Tensor u,
+    public static LoraGradients Backward(Tensor x, QuantizedWeight w, Tensor a, Tensor b, Tensor u,
                                                                      Tensor dy, float scale, float dropoutP = 0f, ulong seed = 0,
                                                                      bool needDx = true, bool needDA = true, bool needDB = true)
     {
@@ -56,7 +56,7 @@ public static class Qlora
         Checks.Shape(op, nameof(dy), dy, "M, out", [d.M, d.Out], d.DType, d.Device);
         Checks.Finite(op, nameof(scale), scale);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        if (!needDx && !needDA && !needDB) return (null, null, null);
+        if (!needDx && !needDA && !needDB) return new(null, null, null);
 
         Tensor? dx = null, dA = null, dB = null;
         try
@@ -65,7 +65,7 @@ public static class Qlora
             if (needDA) dA = Tensor.Empty(d.Device, d.DType, d.R, d.In);
             if (needDB) dB = Tensor.Empty(d.Device, d.DType, d.Out, d.R);
             IQloraKernels.On(d.Device).Backward(x, w, a, b, u, dy, scale, dropoutP, seed, dx, dA, dB);
-            return (dx, dA, dB);
+            return new(dx, dA, dB);
         }
         catch
         {

@@ -14,7 +14,7 @@ public static class Vera
     /// λ_d [r], λ_b [out], all of x's dtype and device. Returns Y [M, out] (x's dtype) and
     /// U = dropout(x) A_lᵀ [M, r] (F32), which <see cref="Backward"/> needs.
     /// </summary>
-    public static (Tensor Y, Tensor U) Forward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB,
+    public static ForwardResult Forward(Tensor x, Tensor w0, Tensor? bias, Tensor veraA, Tensor veraB,
                                                Tensor lambdaD, Tensor lambdaB, float dropoutP = 0f, ulong seed = 0)
     {
         const string op = "Vera.Forward";
@@ -37,7 +37,7 @@ public static class Vera
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
             IVeraKernels.On(d.Device).Forward(x, w0, bias, veraA, veraB, lambdaD, lambdaB, dropoutP, seed, y, u);
-            return (y, u);
+            return new(y, u);
         }
         catch
         {
@@ -51,7 +51,7 @@ public static class Vera
     /// dx [M, in], dλ_d [r] and dλ_b [out] (W0's dtype), each only when requested (null otherwise).
     /// The projections are frozen and get no gradient. Pass the forward's dropout probability and seed.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DLambdaD, Tensor? DLambdaB) Backward(
+    public static VeraGradients Backward(
         Tensor w0, Tensor veraA, Tensor veraB, Tensor lambdaD, Tensor lambdaB, Tensor u, Tensor dy, float dropoutP = 0f,
         ulong seed = 0, bool needDx = true, bool needDLambdaD = true, bool needDLambdaB = true)
     {
@@ -65,7 +65,7 @@ public static class Vera
         Checks.Alive(u, op, nameof(u));
         Checks.Shape(op, nameof(u), u, "M, r", [d.M, d.R], DType.F32, d.Device);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
-        if (!needDx && !needDLambdaD && !needDLambdaB) return (null, null, null);
+        if (!needDx && !needDLambdaD && !needDLambdaB) return new(null, null, null);
 
         Tensor? dx = null, dLambdaD = null, dLambdaB = null;
         try
@@ -74,7 +74,7 @@ public static class Vera
             if (needDLambdaD) dLambdaD = Tensor.Empty(d.Device, d.DType, d.R);
             if (needDLambdaB) dLambdaB = Tensor.Empty(d.Device, d.DType, d.Out);
             IVeraKernels.On(d.Device).Backward(w0, veraA, veraB, lambdaD, lambdaB, u, dy, dropoutP, seed, dx, dLambdaD, dLambdaB);
-            return (dx, dLambdaD, dLambdaB);
+            return new(dx, dLambdaD, dLambdaB);
         }
         catch
         {
