@@ -22,7 +22,7 @@ internal sealed class LowRankDelta : IDisposable
     /// Call <see cref="CheckArguments(string, int, float, float, long, long)"/> first; nothing is left allocated if B fails.
     /// </summary>
     public LowRankDelta(Device device, DType dtype, int r, float alpha, float dropout, bool useRsLora, ulong seed,
-                        int inFeatures, int outFeatures, bool trainA = true)
+                        int inFeatures, int outFeatures, bool trainA = true, LoraInit init = LoraInit.Default)
     {
         Rank = r;
         Alpha = alpha;
@@ -30,7 +30,14 @@ internal sealed class LowRankDelta : IDisposable
         UseRsLora = useRsLora;
         Scale = ScaleOf(alpha, r, useRsLora);
         _dropoutSeeds = new SplitMix64(seed ^ DropoutStream);
-        A = new Parameter("lora_A", Tensor.FromArray(device, InitialA(seed, r, inFeatures), dtype, r, inFeatures), requiresGrad: trainA);
+        float[] initialA = init switch
+        {
+            LoraInit.Default => InitialA(seed, r, inFeatures),
+            LoraInit.Gaussian => GaussianA(seed, r, inFeatures),
+            _ => throw new ArgumentException(
+                $"init {init} replaces the base weight too, which a layer constructor cannot do; build the layer with Pissa.CreateLayer.", nameof(init)),
+        };
+        A = new Parameter("lora_A", Tensor.FromArray(device, initialA, dtype, r, inFeatures), requiresGrad: trainA);
         try
         {
             B = new Parameter("lora_B", Tensor.Zeros(device, dtype, outFeatures, r));
@@ -88,6 +95,14 @@ internal sealed class LowRankDelta : IDisposable
 
     /// <summary>s = alpha/r, or alpha/sqrt(r) with rsLoRA.</summary>
     public static float ScaleOf(float alpha, int r, bool useRsLora) => useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
+
+    /// <summary>A's initial values for init_lora_weights="gaussian": N(0, (1/r)²), row-major [r, in], from SplitMix64(seed).</summary>
+    public static float[] GaussianA(ulong seed, int r, int inFeatures)
+    {
+        float[] values = new float[(long)r * inFeatures];
+        new SplitMix64(seed).FillNormal(values, 1.0 / r);
+        return values;
+    }
 
     /// <summary>A's initial values: U(±1/sqrt(in)), row-major [r, in], from SplitMix64(seed).</summary>
     public static float[] InitialA(ulong seed, int r, int inFeatures)

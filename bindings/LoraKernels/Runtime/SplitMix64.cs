@@ -24,4 +24,20 @@ internal sealed class SplitMix64
 
     /// <summary>Uniform in [-bound, bound).</summary>
     public float NextUniform(float bound) => (2.0f * NextSingle() - 1.0f) * bound;
+
+    /// <summary>
+    /// Fills <paramref name="values"/> with N(0, std²) draws, two per Box-Muller pair of uniforms (u1 in
+    /// (0, 1] so the log is finite, 53-bit uniforms, computed in double and rounded once).
+    /// </summary>
+    public void FillNormal(Span<float> values, double std = 1.0)
+    {
+        for (int i = 0; i < values.Length; i += 2)
+        {
+            double u1 = 1.0 - (NextUInt64() >> 11) * (1.0 / 9007199254740992.0);
+            double u2 = (NextUInt64() >> 11) * (1.0 / 9007199254740992.0);
+            double radius = Math.Sqrt(-2.0 * Math.Log(u1)) * std;
+            values[i] = (float)(radius * Math.Cos(2.0 * Math.PI * u2));
+            if (i + 1 < values.Length) values[i + 1] = (float)(radius * Math.Sin(2.0 * Math.PI * u2));
+        }
+    }
 }

@@ -1,5 +1,8 @@
-// The options Catalogue.Create passes to a variant. Unset values take the variant's defaults
-// (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12).
+// A layer's adapter options, named after PEFT's LoraConfig so that a config reads across one to one
+// (r → Rank, lora_alpha → Alpha, lora_dropout → Dropout, use_rslora → UseRsLora, init_lora_weights →
+// Init; PeftConfig.ToAdapterOptions does it for a saved config). The LoRA-family layers take it in a
+// constructor, and Catalogue.Create passes it to any variant. Unset values take the variant's
+// defaults (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12).
 using LoraKernels.Layers;
 
 namespace LoraKernels.Variants;
@@ -10,8 +13,12 @@ public sealed record AdapterOptions
     public int? Rank { get; init; }
     /// <summary>lora_alpha (null: PEFT's default 8); the scale is alpha/r, or alpha/√r with rsLoRA.</summary>
     public float? Alpha { get; init; }
-    /// <summary>Dropout probability on the adapter branch's input.</summary>
+    /// <summary>Dropout probability on the adapter branch's input (lora_dropout).</summary>
     public float Dropout { get; init; }
+    /// <summary>use_rslora: the scale is alpha/√r instead of alpha/r.</summary>
+    public bool UseRsLora { get; init; }
+    /// <summary>init_lora_weights: how A and B start (PiSSA also replaces the base: build it with Pissa.CreateLayer).</summary>
+    public LoraInit Init { get; init; } = LoraInit.Default;
     /// <summary>Seed of the variant's random initialisation (and of its dropout masks).</summary>
     public ulong Seed { get; init; }
     /// <summary>Storage dtype of the layer's dense tensors.</summary>
@@ -35,4 +42,10 @@ public sealed record AdapterOptions
     public int? Experts { get; init; }
 
     internal float AlphaOrDefault => Alpha ?? 8f;
+    internal int RankOrDefault => Rank ?? 8;
+
+    /// <summary>The scale s the layer will apply: alpha/r, or alpha/√r with rsLoRA (r and alpha defaulted as PEFT).</summary>
+    public float Scale => LowRankDelta.ScaleOf(AlphaOrDefault, RankOrDefault, UseRsLora);
+
+    internal static AdapterOptions Require(AdapterOptions? options) => options ?? throw new ArgumentNullException(nameof(options));
 }

@@ -138,6 +138,42 @@ public sealed class PissaTests
         Expect.Close("PiSSA layer at init vs the base layer", y.ToArray(), reference, bound);
     }
 
+    /// <summary>
+    /// The guide's PiSSA (V_r frozen) is PEFT's PiSSA with A frozen: the same residual base, A and B, so the same
+    /// forward bit for bit; only B is a parameter, and a training step leaves A as it was.
+    /// </summary>
+    [Test]
+    public void PissaWithFrozenVIsPeftsPissaWithAFrozen_Cpu_23x17_r4()
+    {
+        const int outFeatures = 23, inFeatures = 17, r = 4, m = 5;
+        var built = BuiltMatrix.Create(outFeatures, inFeatures, r, 13);
+        var data = new TestData(14);
+        Device device = Device.Cpu;
+        using var w0 = Tensor.FromArray(device, Array.ConvertAll(built.W, v => (float)v), outFeatures, inFeatures);
+        using var x = Tensor.FromArray(device, data.NonZero(m * inFeatures), m, inFeatures);
+        using var target = Tensor.FromArray(device, data.NonZero(m * outFeatures), m, outFeatures);
+        using var peft = Pissa.CreateLayer(device, w0, null, r, alpha: 8f);
+        using var guide = Pissa.CreateLayerWithFrozenV(device, w0, null, r, alpha: 8f);
+        Expect.Exact("residual base", guide.W0.ToArray(), peft.W0.ToArray());
+        Expect.Exact("A = √S'·V_rᵀ", guide.A.ToArray(), peft.A.Value.ToArray());
+        Expect.Exact("B = U_r·√S'", guide.B.Value.ToArray(), peft.B.Value.ToArray());
+        peft.Training = guide.Training = false;
+        using (Tensor yPeft = peft.Forward(x), yGuide = guide.Forward(x))
+            Expect.Exact("forward", yGuide.ToArray(), yPeft.ToArray());
+        Assert.That(guide.Parameters().Select(p => p.Name), Is.EqualTo(new[] { "lora_B" }), "only U_r·√S' trains");
+
+        float[] aBefore = guide.A.ToArray(), bBefore = guide.B.Value.ToArray();
+        guide.Training = true;
+        using (var tape = new LoraKernels.Autograd.Tape())
+        {
+            tape.MseLoss(guide.Forward(tape, new LoraKernels.Autograd.Variable(x)), target);
+            tape.Backward();
+        }
+        Ops.Elementwise.Axpy(-0.1f, guide.B.Grad!, guide.B.Value);
+        Expect.Exact("A (V_r) after a step", guide.A.ToArray(), aBefore);
+        Assert.That(guide.B.Value.ToArray().SequenceEqual(bBefore), Is.False, "B moved");
+    }
+
     [Test]
     public void RankOutsideOneToMinDimensionIsRejected_Cpu_5x3()
     {

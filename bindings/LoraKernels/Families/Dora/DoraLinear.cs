@@ -34,11 +34,21 @@ public sealed class DoraLinear : AdaptedLinear<FrozenLinear>
     /// The scale is PEFT's, s = alpha/r (alpha/√r with <paramref name="useRsLora"/>).
     /// </summary>
     public DoraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
-                      bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
+                      bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32, LoraInit init = LoraInit.Default)
         : base(DenseLinear.Create(Op, device, w0, bias, dtype,
                                   (outFeatures, inFeatures) => LowRankDelta.CheckArguments(Op, r, alpha, dropout, outFeatures, inFeatures)))
     {
-        (_delta, _w0RowSquaredNorm, Magnitude) = CreateDelta(r, alpha, dropout, useRsLora, seed);
+        (_delta, _w0RowSquaredNorm, Magnitude) = CreateDelta(r, alpha, dropout, useRsLora, seed, init);
+    }
+
+    /// <summary>
+    /// DoRA as PEFT's LoraConfig(use_dora=True) describes it: <paramref name="options"/>' Rank (default 8),
+    /// Alpha (default 8; s = alpha/r, or alpha/√r with UseRsLora), Dropout, Init, Seed and DType.
+    /// </summary>
+    public DoraLinear(Device device, Tensor w0, Tensor? bias, Variants.AdapterOptions options)
+        : this(device, w0, bias, Variants.AdapterOptions.Require(options).RankOrDefault, options.AlphaOrDefault, options.Dropout,
+               options.UseRsLora, options.Seed, options.DType, options.Init)
+    {
     }
 
     /// <summary>
@@ -48,19 +58,19 @@ public sealed class DoraLinear : AdaptedLinear<FrozenLinear>
     /// at ‖deq(W)‖_row; deq(W) is formed once, here, for that row norm and freed.
     /// </summary>
     public DoraLinear(Device device, QuantizedWeight w0, Tensor? bias, int r, float alpha, float dropout = 0f,
-                      bool useRsLora = false, ulong seed = 0)
+                      bool useRsLora = false, ulong seed = 0, LoraInit init = LoraInit.Default)
         : base(QuantizedBase(device, w0, bias, r, alpha, dropout))
     {
-        (_delta, _w0RowSquaredNorm, Magnitude) = CreateDelta(r, alpha, dropout, useRsLora, seed);
+        (_delta, _w0RowSquaredNorm, Magnitude) = CreateDelta(r, alpha, dropout, useRsLora, seed, init);
     }
 
     /// <summary>
     /// A and B (LowRankDelta), ‖W0‖²_row and the magnitude m0 = ‖W0‖_row; if any of these fails, everything
     /// already owned is released, the base included (Create).
     /// </summary>
-    private (LowRankDelta, Tensor, Parameter) CreateDelta(int r, float alpha, float dropout, bool useRsLora, ulong seed)
+    private (LowRankDelta, Tensor, Parameter) CreateDelta(int r, float alpha, float dropout, bool useRsLora, ulong seed, LoraInit init)
     {
-        LowRankDelta delta = Create(() => new LowRankDelta(Device, DType, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures));
+        LowRankDelta delta = Create(() => new LowRankDelta(Device, DType, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures, init: init));
         Tensor rowSquaredNorm = Create(() => QuantizedW0 is { } q ? Ops.Dora.RowSquaredNorm(q) : Ops.Dora.RowSquaredNorm(W0));
         Parameter magnitude = Create(() =>
         {

@@ -16,7 +16,7 @@ internal static class DoraVariants
             ParameterFormula = "r·(in + out) + out", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o) + o,
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "as LoRA; m = ‖W0‖_row; the norm is detached from the graph",
-            Create = (device, w0, bias, r, o) => new DoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: false, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => new DoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.Seed, o.DType, init: o.Init),
         },
         new()
         {
@@ -50,6 +50,6 @@ internal static class DoraVariants
             }
         }
         // The layer owns the quantized weight from here (it disposes it if construction fails).
-        return new DoraLinear(device, quantized, bias, r, options.AlphaOrDefault, options.Dropout, useRsLora: false, options.Seed);
+        return new DoraLinear(device, quantized, bias, r, options.AlphaOrDefault, options.Dropout, options.UseRsLora, options.Seed, options.Init);
     }
 }

@@ -22,11 +22,21 @@ public sealed class LoraLinear : AdaptedLinear<DenseLinear>
     /// or alpha/√r when <paramref name="useRsLora"/> (PEFT's use_rslora).
     /// </summary>
     public LoraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
-                      bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32)
+                      bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32, LoraInit init = LoraInit.Default)
         : base(DenseLinear.Create("LoraLinear", device, w0, bias, dtype,
                                   (outFeatures, inFeatures) => LowRankDelta.CheckArguments("LoraLinear", r, alpha, dropout, outFeatures, inFeatures)))
     {
-        _delta = Create(() => new LowRankDelta(device, dtype, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures));
+        _delta = Create(() => new LowRankDelta(device, dtype, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures, init: init));
+    }
+
+    /// <summary>
+    /// The layer PEFT's LoraConfig describes: <paramref name="options"/>' Rank (default 8), Alpha (lora_alpha,
+    /// default 8; s = alpha/r, or alpha/√r with UseRsLora), Dropout, Init (Default or Gaussian), Seed and DType.
+    /// </summary>
+    public LoraLinear(Device device, Tensor w0, Tensor? bias, Variants.AdapterOptions options)
+        : this(device, w0, bias, Variants.AdapterOptions.Require(options).RankOrDefault, options.AlphaOrDefault, options.Dropout,
+               options.UseRsLora, options.Seed, options.DType, options.Init)
+    {
     }
 
     public int Rank => _delta.Rank;

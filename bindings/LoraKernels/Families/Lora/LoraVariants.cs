@@ -1,4 +1,4 @@
-// The LoRA family's catalogue entries (LoRA, rsLoRA, PiSSA, LoRA+, LoRA-FA), each with its layer factory.
+// The LoRA family's catalogue entries (LoRA, rsLoRA, PiSSA in PEFT's and the guide's forms, LoRA+, LoRA-FA), each with its layer factory.
 using LoraKernels.Layers;
 
 namespace LoraKernels.Variants;
@@ -16,7 +16,7 @@ internal static class LoraVariants
             ParameterFormula = "r·(in + out)", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o),
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "r = 8, alpha = 8 (s = alpha/r), dropout 0, A ~ U(±1/√in), B = 0",
-            Create = (device, w0, bias, r, o) => new LoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: false, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => new LoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.Seed, o.DType, o.Init),
         },
         new()
         {
@@ -26,17 +26,27 @@ internal static class LoraVariants
             ParameterFormula = "r·(in + out)", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o),
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "as LoRA, s = alpha/√r",
-            Create = (device, w0, bias, r, o) => new LoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: true, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => new LoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: true, o.Seed, o.DType, o.Init),
         },
         new()
         {
             Name = "pissa", DisplayName = "PiSSA", Family = VariantFamily.MathematicalFoundation,
             Paper = new("PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large Language Models", 2024, "2404.02948"),
-            Summary = "LoRA initialised with W0's top-r singular triplets; the base keeps the residual W0 − s·B·A.",
+            Summary = "LoRA initialised with W0's top-r singular triplets; the base keeps the residual W0 − s·B·A; both factors train (PEFT's form).",
             ParameterFormula = "r·(in + out)", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o),
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "as LoRA; exact SVD, or randomized with K subspace iterations (pissa_niter_K); S_r/s",
-            Create = (device, w0, bias, r, o) => Pissa.CreateLayer(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: false, o.PissaIterations, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => Pissa.CreateLayer(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.PissaIterations, o.Seed, o.DType),
+        },
+        new()
+        {
+            Name = "pissa-fa", DisplayName = "PiSSA, V frozen", Aliases = ["pissa-frozen-v"], Family = VariantFamily.MathematicalFoundation,
+            Paper = new("PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large Language Models", 2024, "2404.02948"),
+            Summary = "PiSSA as the guide describes it: after the SVD init only U_r and S_r train (B), V_r stays frozen (A, as LoRA-FA).",
+            ParameterFormula = "r·out", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * o,
+            Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
+            Defaults = "as PiSSA; A = √S_r'·V_rᵀ frozen",
+            Create = (device, w0, bias, r, o) => Pissa.CreateLayerWithFrozenV(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.PissaIterations, o.Seed, o.DType),
         },
         new()
         {
@@ -46,7 +56,7 @@ internal static class LoraVariants
             ParameterFormula = "r·(in + out)", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o),
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "ratio η_B/η_A = 16, weight decay 0 (PEFT's groups: groupA, groupB, groupB_no_decay)",
-            Create = (device, w0, bias, r, o) => new LoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: false, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => new LoraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.Seed, o.DType, o.Init),
         },
         new()
         {
@@ -56,7 +66,7 @@ internal static class LoraVariants
             ParameterFormula = "r·out", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * o,
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "as LoRA; A frozen",
-            Create = (device, w0, bias, r, o) => new LoraFaLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: false, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => new LoraFaLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.Seed, o.DType, o.Init),
         },
     ];
 }

@@ -76,22 +76,53 @@ public static class Pissa
     }
 
     /// <summary>
-    /// A LoRA layer initialised by PiSSA: its base is W_res, its A and B the principal factors, so at
-    /// initialisation it computes x W0ᵀ + bias up to rounding. Arguments as <see cref="LoraLinear"/>.
+    /// A LoRA layer initialised by PiSSA, as PEFT builds it (both factors train): its base is W_res, its A and
+    /// B the principal factors, so at initialisation it computes x W0ᵀ + bias up to rounding. Arguments as
+    /// <see cref="LoraLinear"/>; <paramref name="niter"/> as <see cref="Initialize"/>.
     /// </summary>
     public static LoraLinear CreateLayer(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
-                                         bool useRsLora = false, int? niter = null, ulong seed = 0, DType dtype = DType.F32)
+                                         bool useRsLora = false, int? niter = null, ulong seed = 0, DType dtype = DType.F32) =>
+        Build(device, w0, r, LowRankDelta.ScaleOf(alpha, r, useRsLora), niter, seed,
+              residual => new LoraLinear(device, residual, bias, r, alpha, dropout, useRsLora, seed, dtype),
+              (layer, init) =>
+              {
+                  layer.A.Value.CopyFrom(init.A.ToArray());
+                  layer.B.Value.CopyFrom(init.B.ToArray());
+              });
+
+    /// <summary>PEFT's PiSSA from a LoraConfig-like <paramref name="options"/> (Rank, Alpha, Dropout, UseRsLora, PissaIterations, Seed, DType).</summary>
+    public static LoraLinear CreateLayer(Device device, Tensor w0, Tensor? bias, AdapterOptions options) =>
+        CreateLayer(device, w0, bias, AdapterOptions.Require(options).RankOrDefault, options.AlphaOrDefault, options.Dropout,
+                    options.UseRsLora, options.PissaIterations, options.Seed, options.DType);
+
+    /// <summary>
+    /// PiSSA as the guide describes it: after the SVD initialisation only U_r and S_r train and V_r stays
+    /// frozen. A = diag(√S_r') Vh_r is frozen (LoRA-FA's frozen A) and B = U_r diag(√S_r') trains, which spans
+    /// every change of U_r and S_r; the base is W_res as in <see cref="CreateLayer(Device, Tensor, Tensor?, int, float, float, bool, int?, ulong, DType)"/>.
+    /// Half the trainable parameters of PEFT's PiSSA, and the backward keeps x·Aᵀ instead of x.
+    /// </summary>
+    public static LoraFaLinear CreateLayerWithFrozenV(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
+                                                      bool useRsLora = false, int? niter = null, ulong seed = 0, DType dtype = DType.F32) =>
+        Build(device, w0, r, LowRankDelta.ScaleOf(alpha, r, useRsLora), niter, seed,
+              residual => new LoraFaLinear(device, residual, bias, r, alpha, dropout, useRsLora, seed, dtype),
+              (layer, init) =>
+              {
+                  layer.A.CopyFrom(init.A.ToArray());
+                  layer.B.Value.CopyFrom(init.B.ToArray());
+              });
+
+    // Computes the factors on the layer's device, builds the layer over the residual and loads A and B.
+    private static TLayer Build<TLayer>(Device device, Tensor w0, int r, float scale, int? niter, ulong seed,
+                                        Func<Tensor, TLayer> create, Action<TLayer, PissaInit> load) where TLayer : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         Ops.Checks.Alive(w0, "Pissa.CreateLayer", nameof(w0));
-        float scale = useRsLora ? alpha / MathF.Sqrt(r) : alpha / r;
         using Tensor onDevice = w0.To(device);
         using PissaInit init = Initialize(onDevice, r, scale, niter, seed);
-        var layer = new LoraLinear(device, init.Residual, bias, r, alpha, dropout, useRsLora, seed, dtype);
+        TLayer layer = create(init.Residual);
         try
         {
-            layer.A.Value.CopyFrom(init.A.ToArray());
-            layer.B.Value.CopyFrom(init.B.ToArray());
+            load(layer, init);
             return layer;
         }
         catch
@@ -104,17 +135,8 @@ public static class Pissa
     /// <summary>The Gaussian sketch Ω [in, r] (row-major) that the randomized SVD draws from <paramref name="seed"/>.</summary>
     internal static float[] GaussianSketch(ulong seed, long inFeatures, int r)
     {
-        var generator = new SplitMix64(seed);
         var values = new float[inFeatures * r];
-        for (long i = 0; i < values.Length; i += 2)
-        {
-            // Box-Muller: two independent N(0, 1) from two uniforms, u1 in (0, 1] so the log is finite.
-            double u1 = 1.0 - (generator.NextUInt64() >> 11) * (1.0 / 9007199254740992.0);
-            double u2 = (generator.NextUInt64() >> 11) * (1.0 / 9007199254740992.0);
-            double radius = Math.Sqrt(-2.0 * Math.Log(u1));
-            values[i] = (float)(radius * Math.Cos(2.0 * Math.PI * u2));
-            if (i + 1 < values.Length) values[i + 1] = (float)(radius * Math.Sin(2.0 * Math.PI * u2));
-        }
+        new SplitMix64(seed).FillNormal(values);
         return values;
     }
 

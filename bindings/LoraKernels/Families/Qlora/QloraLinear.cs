@@ -19,8 +19,19 @@ public sealed class QloraLinear : AdaptedLinear<Nf4Linear>
     /// </summary>
     public QloraLinear(Device device, Tensor w0, Tensor? bias, int r, float alpha, float dropout = 0f,
                        bool useRsLora = false, ulong seed = 0, DType dtype = DType.F32,
+                       QuantType quantType = QuantType.Nf4, int blockSize = 64, bool doubleQuant = true, LoraInit init = LoraInit.Default)
+        : this(CreateBase(device, w0, bias, r, alpha, dropout, quantType, blockSize, doubleQuant, dtype), r, alpha, dropout, useRsLora, seed, init)
+    {
+    }
+
+    /// <summary>
+    /// QLoRA with the options PEFT's LoraConfig names (Rank default 8, Alpha default 8, Dropout, UseRsLora,
+    /// Init, Seed, DType) over <paramref name="w0"/> quantized as bitsandbytes' 4-bit config says.
+    /// </summary>
+    public QloraLinear(Device device, Tensor w0, Tensor? bias, Variants.AdapterOptions options,
                        QuantType quantType = QuantType.Nf4, int blockSize = 64, bool doubleQuant = true)
-        : this(CreateBase(device, w0, bias, r, alpha, dropout, quantType, blockSize, doubleQuant, dtype), r, alpha, dropout, useRsLora, seed)
+        : this(device, w0, bias, Variants.AdapterOptions.Require(options).RankOrDefault, options.AlphaOrDefault, options.Dropout,
+               options.UseRsLora, options.Seed, options.DType, quantType, blockSize, doubleQuant, options.Init)
     {
     }
 
@@ -28,10 +39,11 @@ public sealed class QloraLinear : AdaptedLinear<Nf4Linear>
     /// Adds a rank-<paramref name="r"/> adapter (in the base's dtype) to <paramref name="baseLayer"/>, taking
     /// ownership of it (also when construction fails: the base is then disposed).
     /// </summary>
-    public QloraLinear(Nf4Linear baseLayer, int r, float alpha, float dropout = 0f, bool useRsLora = false, ulong seed = 0)
+    public QloraLinear(Nf4Linear baseLayer, int r, float alpha, float dropout = 0f, bool useRsLora = false, ulong seed = 0,
+                       LoraInit init = LoraInit.Default)
         : base(CheckedBase(baseLayer, r, alpha, dropout))
     {
-        _delta = Create(() => new LowRankDelta(Device, DType, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures));
+        _delta = Create(() => new LowRankDelta(Device, DType, r, alpha, dropout, useRsLora, seed, InFeatures, OutFeatures, init: init));
     }
 
     public int Rank => _delta.Rank;

@@ -16,7 +16,7 @@ internal static class QloraVariants
             ParameterFormula = "r·(in + out)", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o),
             Backends = VariantInfo.AllDevices, DTypes = VariantInfo.DenseDTypes,
             Defaults = "NF4, block 64, double quantization, compute dtype of the layer; LoRA defaults",
-            Create = (device, w0, bias, r, o) => new QloraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, useRsLora: false, o.Seed, o.DType),
+            Create = (device, w0, bias, r, o) => new QloraLinear(device, w0, bias, r, o.AlphaOrDefault, o.Dropout, o.UseRsLora, o.Seed, o.DType, init: o.Init),
         },
         new()
         {
@@ -35,7 +35,7 @@ internal static class QloraVariants
     {
         if (options.DType != DType.F32)
             throw new NotSupportedException($"Catalogue: LoftQ builds F32 layers in this build (its quantized base dequantizes to F32); got {options.DType}.");
-        float alpha = options.AlphaOrDefault, scale = alpha / r;
+        float alpha = options.AlphaOrDefault, scale = Layers.LowRankDelta.ScaleOf(alpha, r, options.UseRsLora);
         Tensor onDevice = w0.To(device);
         Tensor weight = onDevice;
         try
@@ -45,7 +45,7 @@ internal static class QloraVariants
             using (a)
             using (b)
             {
-                var layer = new QloraLinear(new Nf4Linear(q, bias), r, alpha, options.Dropout, useRsLora: false, options.Seed);
+                var layer = new QloraLinear(new Nf4Linear(q, bias), r, alpha, options.Dropout, options.UseRsLora, options.Seed, options.Init);
                 try
                 {
                     layer.A.Value.CopyFrom(a.ToArray());

@@ -84,6 +84,38 @@ public sealed class PeftConfig
         var other => throw Error("init_lora_weights", $"must be a boolean or a string, got {Kind(other)}"),
     };
 
+    /// <summary>
+    /// This config as the options the LoRA-family layers take, for <paramref name="module"/> when given (its
+    /// rank_pattern / alpha_pattern entry) else the defaults: r, lora_alpha, lora_dropout, use_rslora and
+    /// init_lora_weights (true → Default, "gaussian" → Gaussian, "pissa" / "pissa_niter_K" → Pissa with K
+    /// iterations, "loftq" → LoftQ's own path, which the options leave at Default). Other init_lora_weights
+    /// values (false, "olora", "eva", ...) are not implemented here: NotSupportedException names them.
+    /// </summary>
+    public Variants.AdapterOptions ToAdapterOptions(string? module = null)
+    {
+        string init = InitLoraWeights;
+        (Layers.LoraInit kind, int? iterations) = init switch
+        {
+            "true" or "loftq" => (Layers.LoraInit.Default, (int?)null),
+            "gaussian" => (Layers.LoraInit.Gaussian, null),
+            "pissa" => (Layers.LoraInit.Pissa, null),
+            _ when init.StartsWith("pissa_niter_", StringComparison.Ordinal)
+                   && int.TryParse(init.AsSpan("pissa_niter_".Length), System.Globalization.NumberStyles.None,
+                                   System.Globalization.CultureInfo.InvariantCulture, out int k) && k >= 1 => (Layers.LoraInit.Pissa, k),
+            _ => throw new NotSupportedException(
+                $"{Source}: init_lora_weights = \"{init}\" is not implemented by LoraKernels (true, \"gaussian\", \"pissa\", \"pissa_niter_K\" and \"loftq\" are)."),
+        };
+        return new Variants.AdapterOptions
+        {
+            Rank = module is null ? Rank : RankFor(module),
+            Alpha = module is null ? Alpha : AlphaFor(module),
+            Dropout = Dropout,
+            UseRsLora = UseRsLora,
+            Init = kind,
+            PissaIterations = iterations,
+        };
+    }
+
     /// <summary>VeRA's projection_prng_key (default 0).</summary>
     public long ProjectionPrngKey => Int64("projection_prng_key", 0);
 
