@@ -26,6 +26,7 @@ public static class BenchmarkProgram
             types.Add(typeof(CpuLoraBenchmarks));
             types.Add(typeof(Nf4Benchmarks));
             types.Add(typeof(DoraBenchmarks));
+            types.Add(typeof(CpuHostSharingBenchmarks));
         }
         else
         {

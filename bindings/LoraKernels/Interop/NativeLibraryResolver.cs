@@ -53,6 +53,7 @@ internal static class NativeLibraryResolver
         lock (Gate)
         {
             if (Loaded.TryGetValue(logicalName, out IntPtr cached)) return cached;
+            if (logicalName == LibraryNames.Cpu) OpenMpWaitPolicy.ApplyDefault();  // before libgomp loads with it
             var attempts = new List<string>();
             Spec spec = SpecFor(logicalName);
             IntPtr handle = IntPtr.Zero;

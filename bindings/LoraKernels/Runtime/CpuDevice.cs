@@ -21,6 +21,21 @@ public sealed class CpuDevice : Device
 
     public override string ToString() => "cpu";
 
+    /// <summary>
+    /// How the kernels' idle OpenMP workers wait, as the OpenMP runtime was told when it loaded: by default
+    /// "PASSIVE (LoraKernels' default)", they sleep between calls instead of spinning on cores a host's other
+    /// thread pools need; a host that sets OMP_WAIT_POLICY or GOMP_SPINCOUNT before the first CPU call keeps
+    /// its choice. docs/API.md ("Threads") has the measured trade-off.
+    /// </summary>
+    public static string OpenMpWaitPolicy
+    {
+        get
+        {
+            Interop.NativeLibraryResolver.Load(Interop.LibraryNames.Cpu);
+            return Interop.OpenMpWaitPolicy.Current;
+        }
+    }
+
     /// <summary>The largest thread count <see cref="Threads"/> accepts (LK_CPU_MAX_THREADS).</summary>
     public const int MaxThreads = 1024;
 
