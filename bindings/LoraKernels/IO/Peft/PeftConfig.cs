@@ -194,6 +194,9 @@ public sealed class PeftConfig
     /// <summary>Parses the JSON of an adapter_config.json; <paramref name="source"/> names it in errors.</summary>
     public static PeftConfig Parse(ReadOnlySpan<byte> json, string source = "<config>")
     {
+        // System.Text.Json accepts some invalid UTF-8 in names and fails later, on first access, with a raw error.
+        if (!System.Text.Unicode.Utf8.IsValid(json))
+            throw new PeftFormatException(source, null, "is not valid UTF-8 text");
         JsonNode? node;
         try
         {
