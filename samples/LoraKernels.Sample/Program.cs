@@ -1,6 +1,7 @@
 // A user's first LoraKernels program, built against the NuGet package: a LoRA layer on the CPU, its
-// forward pass checked against the formula y = x·W0ᵀ + b + s·(x·Aᵀ)·Bᵀ computed here by hand, and its
-// adapter saved as a PEFT adapter and read back. Prints one line per check; exits 1 if any fails.
+// forward pass checked against the formula y = x·W0ᵀ + b + s·(x·Aᵀ)·Bᵀ computed here by hand, its
+// adapter saved as a PEFT adapter and read back, and LoRA, QLoRA and DoRA layers trained on a small
+// task (Training.cs). Prints one line per check; exits 1 if any fails.
 using LoraKernels;
 using LoraKernels.IO.Peft;
 using LoraKernels.Layers;
@@ -48,5 +49,8 @@ bool peftOk = reloaded.Module("model.layers.0.self_attn.q_proj")?["lora_B.weight
 Console.WriteLine($"PEFT adapter saved and read back ({reloaded.Variant}, r = {reloaded.Config.Rank}): {(peftOk ? "ok" : "FAILED")}");
 Directory.Delete(folder, recursive: true);
 
-Console.WriteLine(forwardOk && peftOk ? "sample: OK" : "sample: FAILED");
-return forwardOk && peftOk ? 0 : 1;
+bool opsOk = OpsSample.Run();
+bool trainingOk = TrainingSample.Run();
+bool allOk = forwardOk && peftOk && opsOk && trainingOk;
+Console.WriteLine(allOk ? "sample: OK" : "sample: FAILED");
+return allOk ? 0 : 1;

@@ -4,8 +4,11 @@
 // order, so a run repeats bit for bit (docs/API.md, "Determinism").
 namespace LoraKernels.Ops;
 
-/// <summary>A loss value and, when it was asked for, d(loss)/d(prediction) (F32, the prediction's shape).</summary>
-public readonly record struct LossResult(float Loss, Tensor? Gradient);
+/// <summary>A loss value and, when it was asked for, d(loss)/d(prediction) (F32, the prediction's shape); Dispose frees the gradient.</summary>
+public readonly record struct LossResult(float Loss, Tensor? Gradient) : IDisposable
+{
+    public void Dispose() => Gradient?.Dispose();
+}
 
 public static class Losses
 {
