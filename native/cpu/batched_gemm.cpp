@@ -37,9 +37,9 @@ void batched_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const BatchedM
                   const BatchedMatrix& B, float alpha, float beta, float* C, int64_t c_batch_stride,
                   bool reduce) {
     if (batch <= 0 || M <= 0 || N <= 0) return;
-    const bool small = 2.0 * (double)M * (double)N * (double)K < kThreadedProductFlop;
+    const double product_flop = 2.0 * (double)M * (double)N * (double)K;
     if (!reduce) {
-        run_tasks(batch, small, [&](int64_t b) {
+        run_tasks(batch, side_by_side(product_flop, batch), [&](int64_t b) {
             product(b, M, N, K, A, B, alpha, beta, C + b * c_batch_stride);
         });
         return;
@@ -52,7 +52,7 @@ void batched_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const BatchedM
     const int64_t chunks = (batch + kReduceChunk - 1) / kReduceChunk;
     const int64_t mn = M * N;
     std::vector<float> partial((size_t)(chunks * mn));
-    run_tasks(chunks, small, [&](int64_t c) {
+    run_tasks(chunks, side_by_side(product_flop * (double)kReduceChunk, chunks), [&](int64_t c) {
         const int64_t end = std::min(batch, (c + 1) * kReduceChunk);
         for (int64_t b = c * kReduceChunk; b < end; ++b)
             product(b, M, N, K, A, B, 1.0f, b == c * kReduceChunk ? 0.0f : 1.0f,

@@ -42,6 +42,13 @@ constexpr int64_t kReduceChunk = 16;
 // engine's own threshold), so products this large run one after another; smaller ones side by side.
 constexpr double kThreadedProductFlop = 8.0e6;
 
+// Whether `count` tasks of `task_flop` FLOP each should run side by side on the threads: each is too small for
+// gemm() to thread, and together they are worth a fork (a fork and join costs about what kThreadedProductFlop
+// takes to compute on one core; below it the tasks run in order on the calling thread).
+inline bool side_by_side(double task_flop, int64_t count) {
+    return task_flop < kThreadedProductFlop && task_flop * (double)count >= kThreadedProductFlop;
+}
+
 // Runs body(i) for i in [0, count): on the library's threads side by side when `parallel`, else
 // in order. An exception inside the parallel loop (an allocation) stops the remaining tasks and is
 // rethrown as std::bad_alloc after the loop, so none escapes an OpenMP region.

@@ -7,7 +7,8 @@
 //   backward weight:  dw [O, C*KH*KW]      += dy_n * col^T    (images summed in fixed chunks)
 // A pointwise convolution (1x1, stride 1, no padding) needs no copy: col is x_n itself.
 // Images whose products are small run side by side on the OpenMP threads (one GEMM per image on
-// one thread); large ones run in order, each GEMM threaded (batched_gemm.h's rule). The col buffer
+// one thread) when the batch is worth a fork; large ones run in order, each GEMM threaded
+// (batched_gemm.h's side_by_side rule). The col buffer
 // is per thread and kept between calls, as the GEMM's packing workspace is.
 // FLOP 2*N*O*C*KH*KW*HO*WO per call; bytes: x (read KH*KW times through col), w, y.
 #include <algorithm>
@@ -30,9 +31,9 @@ struct ConvDims {
     bool pointwise() const {
         return s.KH == 1 && s.KW == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
     }
-    // Whether one image's product is too small to thread (so images run side by side).
-    bool small_product() const {
-        return 2.0 * (double)s.O * (double)patch() * (double)pixels() < kThreadedProductFlop;
+    // Whether the batch's images run side by side (each product too small to thread, the batch worth a fork).
+    bool images_side_by_side() const {
+        return side_by_side(2.0 * (double)s.O * (double)patch() * (double)pixels(), s.N);
     }
 };
 
@@ -94,7 +95,7 @@ void col2im_add(const ConvDims& d, const float* col, float alpha, float* dx_n) {
 void forward(const ConvDims& d, const float* x, const float* w, const float* bias, float alpha, float beta,
              float* y) {
     const int64_t O = d.s.O, P = d.pixels(), K = d.patch();
-    run_tasks(d.s.N, d.small_product(), [&](int64_t n) {
+    run_tasks(d.s.N, d.images_side_by_side(), [&](int64_t n) {
         float* y_n = y + n * O * P;
         float gemm_beta = beta;
         if (bias != nullptr) {  // y_n = beta * y_n + bias first, then the product accumulates on it
@@ -121,7 +122,7 @@ void forward(const ConvDims& d, const float* x, const float* w, const float* bia
 
 void backward_data(const ConvDims& d, const float* dy, const float* w, float alpha, float beta, float* dx) {
     const int64_t O = d.s.O, P = d.pixels(), K = d.patch();
-    run_tasks(d.s.N, d.small_product(), [&](int64_t n) {
+    run_tasks(d.s.N, d.images_side_by_side(), [&](int64_t n) {
         float* dx_n = dx + n * d.s.C * d.plane();
         const OperandPiece w_t = matrix_piece(w, K, true, O), dy_n = matrix_piece(dy + n * O * P, P, false, O);
         GemmOutput out;
@@ -147,7 +148,7 @@ void backward_weight(const ConvDims& d, const float* x, const float* dy, float a
     const int64_t O = d.s.O, P = d.pixels(), K = d.patch(), N = d.s.N;
     const int64_t chunks = (N + kReduceChunk - 1) / kReduceChunk, size = O * K;
     std::vector<float> partial((size_t)(chunks * size));
-    run_tasks(chunks, d.small_product(), [&](int64_t c) {
+    run_tasks(chunks, side_by_side(2.0 * (double)O * (double)K * (double)P * (double)kReduceChunk, chunks), [&](int64_t c) {
         const int64_t first = c * kReduceChunk, end = std::min(N, first + kReduceChunk);
         for (int64_t n = first; n < end; ++n) {
             const float* x_n = x + n * d.s.C * d.plane();

@@ -158,10 +158,11 @@ public static class Tucker
         Checks.Size(op, nameof(w0), w0);
         long outChannels = w0.Shape[0], inChannels = w0.Shape[1], taps = w0.Shape[2] * w0.Shape[3];
         (long rIn, long rOut) = CheckConvFactors(op, w0, a, core, b);
-        // L = B·S [O, r_in·kh·kw], then W_o [C, kh·kw] += scale·Aᵀ·L_o for every output channel o.
-        using Tensor l = Tensor.Empty(w0.Device, w0.DType, outChannels, rIn * taps);
-        Product(BatchedProduct.Single(outChannels, rIn * taps, rOut), b, core, 1f, 0f, l);
-        Product(new BatchedProduct(outChannels, inChannels, taps, rIn, true, 0, false, rIn * taps, inChannels * taps), a, l, signedScale, 1f, w0);
+        // M_p [C, kh·kw] = Aᵀ·S_p for each of the r_out core slices, then W [O, C·kh·kw] += scale·B·M: r_out small
+        // products and one GEMM (forming per output channel instead would take O small products).
+        using Tensor m = Tensor.Empty(w0.Device, w0.DType, rOut, inChannels * taps);
+        Product(new BatchedProduct(rOut, inChannels, taps, rIn, true, 0, false, rIn * taps, inChannels * taps), a, core, 1f, 0f, m);
+        Product(BatchedProduct.Single(outChannels, inChannels * taps, rOut), b, m, signedScale, 1f, w0);
     }
 
     /// <summary>

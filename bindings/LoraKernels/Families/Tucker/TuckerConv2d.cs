@@ -6,7 +6,7 @@
 // (A, a batched product per image), the kh×kw convolution with the base's window between the small channel counts
 // (the core, kernels/conv.cu), and a 1×1 product from r_out to O channels (B) added to the base convolution. For
 // inference ΔW is formed into a copy of W0 when that costs fewer FLOPs (ConvAdapterForm: the three stages cost
-// about N·HO·WO·(C·r_in + r_in·r_out·kh·kw + r_out·O), forming O·r_in·kh·kw·(r_out + C)); training never forms it.
+// about N·(H·W·C·r_in + HO·WO·r_out·(r_in·kh·kw + O)), forming C·kh·kw·r_out·(r_in + O)); training never forms it.
 // S starts at zero (ΔW = 0); A ~ U(±1/√C), B ~ U(±1/√r_out) from SplitMix64(seed). F32.
 using LoraKernels.Autograd;
 using LoraKernels.Families.Conv;
@@ -49,20 +49,28 @@ public sealed class TuckerConv2d : TuckerLayer<FrozenConv2d>
         ThrowIfDisposed();
         ConvShape s = Conv2d.ShapeOf("TuckerConv2d.Forward", x, W0, Base.Geometry);
         if (Merged) return Conv2d.Forward(x, W0, Bias, Base.Geometry);
-        if (FormIsCheaper(s)) return ConvAdapterForm.Forward(Base, x, w => AddDelta(w, 1f));
+        return FormIsCheaper(s) ? ForwardFormed(x) : ForwardApplied(s, x);
+    }
+
+    /// <summary>conv(x, W0 + ΔW) + bias with ΔW formed into a copy of W0 (the benchmarks time both paths).</summary>
+    internal Tensor ForwardFormed(Tensor x) => ConvAdapterForm.Forward(Base, x, w => AddDelta(w, 1f));
+
+    /// <summary>The three stages beside the base convolution, ΔW never formed.</summary>
+    internal Tensor ForwardApplied(in ConvShape s, Tensor x)
+    {
         var (y, z1, z2) = Apply(s, x);
         Checks.DisposeAll(z1, z2);
         return y;
     }
 
     /// <summary>
-    /// Whether forming ΔW (O·r_out·r_in·kh·kw + O·C·kh·kw·r_in multiply-adds, then one copy and add of W0) costs fewer
-    /// FLOPs than the three stages at this batch (N·H·W·C·r_in + N·HO·WO·r_out·(r_in·kh·kw + O)).
+    /// Whether forming ΔW (C·kh·kw·r_out·(r_in + O) multiply-adds, then one copy and add of W0) costs fewer FLOPs than
+    /// the three stages at this batch (N·H·W·C·r_in + N·HO·WO·r_out·(r_in·kh·kw + O)).
     /// </summary>
     internal bool FormIsCheaper(in ConvShape s)
     {
         long taps = s.KH * s.KW, rIn = RankIn, rOut = RankOut;
-        long form = 2 * s.O * rIn * taps * (rOut + s.C);
+        long form = 2 * s.C * taps * rOut * (rIn + s.O);
         long apply = 2 * s.N * (s.H * s.W * s.C * rIn + s.HO * s.WO * rOut * (rIn * taps + s.O));
         return ConvAdapterForm.Cheaper(form, apply, W0);
     }
