@@ -75,29 +75,38 @@ LK_DEVICE void lk_tile_stage(float (*tile)[kTileStride], const Op& op, int r0, i
     }
 }
 
+// acc[i][j] += Σ_kk a[kk][ty + 16i] · b[kk][tx + 16j] over one staged slice (kTileK rows of each):
+// the register-blocked inner loop. b may be a staging tile or any shared array whose rows hold the
+// tile's columns (kron.cu's middle product, kStrideB its row stride).
+template <int kStrideB>
+LK_DEVICE void lk_tile_fma(float (&acc)[kTilePerThread][kTilePerThread], float (*a)[kTileStride],
+                           float (*b)[kStrideB]) {
+    const int tx = (int)threadIdx.x % kTileSide, ty = (int)threadIdx.x / kTileSide;
+#pragma unroll
+    for (int kk = 0; kk < kTileK; ++kk) {
+        float av[kTilePerThread], bv[kTilePerThread];
+#pragma unroll
+        for (int i = 0; i < kTilePerThread; ++i) av[i] = a[kk][ty + kTileSide * i];
+#pragma unroll
+        for (int j = 0; j < kTilePerThread; ++j) bv[j] = b[kk][tx + kTileSide * j];
+#pragma unroll
+        for (int i = 0; i < kTilePerThread; ++i)
+#pragma unroll
+            for (int j = 0; j < kTilePerThread; ++j) acc[i][j] += av[i] * bv[j];
+    }
+}
+
 // acc[i][j] += Σ_k a(m0 + ty + 16i, k) · b(n0 + tx + 16j, k) over k in [0, K). Call it from
 // all threads of the block (it synchronises); tile_a/tile_b are the block's staging tiles.
 template <class OpA, class OpB>
 LK_DEVICE void lk_tile_reduce(float (&acc)[kTilePerThread][kTilePerThread], const OpA& a, const OpB& b,
                               int K, int m0, int M, int n0, int N, float (*tile_a)[kTileStride],
                               float (*tile_b)[kTileStride]) {
-    const int tx = (int)threadIdx.x % kTileSide, ty = (int)threadIdx.x / kTileSide;
     for (int k0 = 0; k0 < K; k0 += kTileK) {
         lk_tile_stage<kTileM>(tile_a, a, m0, M, k0, K);
         lk_tile_stage<kTileN>(tile_b, b, n0, N, k0, K);
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < kTileK; ++kk) {
-            float av[kTilePerThread], bv[kTilePerThread];
-#pragma unroll
-            for (int i = 0; i < kTilePerThread; ++i) av[i] = tile_a[kk][ty + kTileSide * i];
-#pragma unroll
-            for (int j = 0; j < kTilePerThread; ++j) bv[j] = tile_b[kk][tx + kTileSide * j];
-#pragma unroll
-            for (int i = 0; i < kTilePerThread; ++i)
-#pragma unroll
-                for (int j = 0; j < kTilePerThread; ++j) acc[i][j] += av[i] * bv[j];
-        }
+        lk_tile_fma<kTileStride>(acc, tile_a, tile_b);
         __syncthreads();
     }
 }

@@ -27,6 +27,8 @@ public static class BenchmarkProgram
             types.Add(typeof(Nf4Benchmarks));
             types.Add(typeof(DoraBenchmarks));
             types.Add(typeof(CpuHostSharingBenchmarks));
+            types.Add(typeof(KronBenchmarks));
+            types.Add(typeof(TuckerConvBenchmarks));
         }
         else
         {
@@ -71,7 +73,7 @@ public static class BenchmarkProgram
         if (summaries.Length == 0 || summaries.All(s => s.BenchmarksCases.Length == 0)) return 0;  // --list, --help, or a filter matching nothing
 
         string table = ResultTable.Render(summaries, MachinePeaks.Current) + Nf4Benchmarks.Table(summaries, MachinePeaks.Current)
-                       + DoraBenchmarks.Table(summaries);
+                       + DoraBenchmarks.Table(summaries) + KronBenchmarks.Table(summaries) + TuckerConvBenchmarks.Table(summaries);
         Console.WriteLine();
         Console.WriteLine(table);
         string tablePath = Path.Combine(summaries[0].ResultsDirectoryPath, "LoraKernels-summary.md");

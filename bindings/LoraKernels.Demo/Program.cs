@@ -16,18 +16,19 @@ return DemoProgram.Run(args);
 internal static class DemoProgram
 {
     private const string Usage =
-        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --catalogue]\n" +
+        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --conv | --catalogue]\n" +
         "  --device  where the kernels run (default: LORAKERNELS_DEVICE, else cuda if present, else cpu)\n" +
         "  --steps   AdamW steps (default 500; simt, the emulator, takes about ten seconds for them)\n" +
         "  --out     folder for loss.png (default out/demo under the current directory)\n" +
         "  --compare train every available variant on the same task and budget; print a table, write variants.png\n" +
+        "  --conv    fine-tune a small CNN with conv-LoRA, LoKr and Tucker adapters side by side (default 150 steps); write conv.png\n" +
         "  --catalogue  print the catalogue of variants and exit";
 
     public static int Run(string[] args)
     {
         int? steps = null;
         string outputDirectory = Path.Combine(Environment.CurrentDirectory, "out", "demo");
-        bool compare = false;
+        bool compare = false, conv = false;
         string? deviceName = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -43,6 +44,8 @@ internal static class DemoProgram
                     deviceName = option["--device=".Length..]; break;
                 case "--compare":
                     compare = true; break;
+                case "--conv":
+                    conv = true; break;
                 case "--catalogue":
                     Console.Write(LoraKernels.Variants.Catalogue.FormatTable()); return 0;
                 case "-h" or "--help":
@@ -53,6 +56,7 @@ internal static class DemoProgram
         }
 
         Device device = Device.Select(deviceName);
+        if (conv) return LoraKernels.Demo.ConvSection.Run(device, steps ?? 150, outputDirectory);
         int stepCount = steps ?? 500;
         var options = new TrainerOptions { ScheduleSteps = stepCount };
         if (compare) return CompareVariants(device, options, stepCount, outputDirectory);

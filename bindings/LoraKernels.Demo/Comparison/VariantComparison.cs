@@ -16,7 +16,7 @@ public sealed record ComparisonResult(string Variant, long TrainableParameters, 
 /// <summary>
 /// The demo's task (a frozen MLP learning its teacher's hidden rank-4 change; see LoraMlpTrainer) trained
 /// once per available variant of the catalogue, with the same steps, batches, rank and learning-rate
-/// schedule: LoRA, rsLoRA, DoRA, VeRA, PiSSA, LoRA-FA, LoRA+ and QLoRA. Each run builds its students
+/// schedule: LoRA, rsLoRA, DoRA, VeRA, PiSSA, LoRA-FA, LoRA+, QLoRA, LoKr and FLoRA. Each run builds its students
 /// with Catalogue.Create over the same base weights and its own optimizer: AdamW (lr 1e-2, cosine to a
 /// tenth, no weight decay), LoRA+'s groups for LoRA+ (A at lr/4, B at 16× that). VeRA uses its own
 /// default rank, 256 (its r sizes the frozen shared projections; at r = 8 it trains only 8 + out
@@ -32,7 +32,7 @@ public static class VariantComparison
 
     /// <summary>The catalogue names compared, in the table's order (those the catalogue lists as available).</summary>
     public static IReadOnlyList<string> Variants { get; } =
-        new[] { "lora", "rslora", "dora", "vera", "pissa", "lora-fa", "lora+", "qlora" }
+        new[] { "lora", "rslora", "dora", "vera", "pissa", "lora-fa", "lora+", "qlora", "lokr", "flora" }
             .Where(name => Catalogue.Get(name).IsAvailable).ToArray();
 
     public static IReadOnlyList<ComparisonResult> Run(Device device, TrainerOptions options, int steps, Action<string>? progress = null)
@@ -65,16 +65,7 @@ public static class VariantComparison
                 string.Create(CultureInfo.InvariantCulture, $"{r.PeakLiveBytes / 1048576.0:0.00} MiB"),
             ]);
         }
-        int[] widths = Enumerable.Range(0, rows[0].Length).Select(c => rows.Max(row => row[c].Length)).ToArray();
-        string rule = "+" + string.Join("+", widths.Select(w => new string('-', w + 2))) + "+";
-        var lines = new List<string> { rule };
-        for (int i = 0; i < rows.Count; i++)
-        {
-            lines.Add("| " + string.Join(" | ", rows[i].Select((cell, c) => c == 0 ? cell.PadRight(widths[c]) : cell.PadLeft(widths[c]))) + " |");
-            if (i == 0) lines.Add(rule);
-        }
-        lines.Add(rule);
-        return string.Join(Environment.NewLine, lines);
+        return TextTable.Format(rows);
     }
 
     private static ComparisonResult RunOne(Device device, TrainerOptions options, int steps, string name)

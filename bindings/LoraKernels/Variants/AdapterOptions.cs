@@ -38,6 +38,10 @@ public sealed record AdapterOptions
     public int LoKrFactor { get; init; } = -1;
     /// <summary>LoKr: decompose_both (w1 low-rank too when r &lt; max(out_l, in_m)/2).</summary>
     public bool LoKrDecomposeBoth { get; init; }
+    /// <summary>LoKr, FLoRA on a convolution weight [O, C, kh, kw]: its stride, padding and dilation (null: 1, 0, 1).</summary>
+    public Ops.Conv2dGeometry? Convolution { get; init; }
+    /// <summary>LoTR: the factors shared by a group of equal-shape layers (null: the layer owns its own).</summary>
+    public TuckerFactors? TuckerFactors { get; init; }
     /// <summary>Mixture of rank-1 experts: the number of experts (null: r).</summary>
     public int? Experts { get; init; }
 

@@ -113,7 +113,7 @@ public sealed class LoraCommandTests
         var mismatch = Run("merge", basePath, adapter, "-o", folder.File("m.safetensors"));
         Assert.That(mismatch.Code, Is.EqualTo(ExitCodes.Mismatch));
         Assert.That(mismatch.Error, Does.Contain("model.layers.7.self_attn.q_proj"));
-        Assert.That(Run("merge", basePath, lokr, "-o", folder.File("k.safetensors")).Code, Is.EqualTo(ExitCodes.NotSupported));
+        Assert.That(Run("merge", basePath, lokr, "-o", folder.File("k.safetensors")).Code, Is.EqualTo(ExitCodes.Success), "LoKr merges");
         Assert.That(Run("inspect", folder.File("missing.safetensors")).Code, Is.EqualTo(ExitCodes.FileSystem));
         Assert.That(Run("inspect", lokr).Code, Is.EqualTo(ExitCodes.Success), "LoKr inspects");
     }
@@ -126,7 +126,9 @@ public sealed class LoraCommandTests
         using JsonDocument json = JsonDocument.Parse(output);
         var lokr = json.RootElement.EnumerateArray().Single(v => v.GetProperty("name").GetString() == "lokr");
         Assert.That(lokr.GetProperty("peft_type").GetString(), Is.EqualTo("LOKR"));
-        Assert.That(lokr.GetProperty("peft_attach_and_merge").GetBoolean(), Is.False);
+        Assert.That(lokr.GetProperty("peft_attach_and_merge").GetBoolean(), Is.True);
+        var adalora = json.RootElement.EnumerateArray().Single(v => v.GetProperty("name").GetString() == "adalora");
+        Assert.That(adalora.GetProperty("peft_attach_and_merge").GetBoolean(), Is.False);
         var (demoCode, demo, demoError) = Run("demo", "--device", "cpu", "--json");
         Assert.That(demoCode, Is.EqualTo(ExitCodes.Success), demoError);
         using JsonDocument steps = JsonDocument.Parse(demo);

@@ -16,7 +16,7 @@ public sealed class PeftLayerTests
     private const int In = 24, Out = 20, R = 4, M = 5;
     private static readonly string[] Modules = [Q, V];
 
-    public static IEnumerable<string> Variants() => ["lora", "rslora", "dora", "vera", "lora-fa", "lora+", "pissa", "qlora", "qdora"];
+    public static IEnumerable<string> Variants() => ["lora", "rslora", "dora", "vera", "lora-fa", "lora+", "pissa", "qlora", "qdora", "lokr"];
 
     [TestCaseSource(nameof(Variants))]
     public void EveryVariantRoundTripsThroughPeftFiles(string variant)
@@ -212,6 +212,7 @@ public sealed class PeftLayerTests
         string[] perModule = variant switch
         {
             "vera" => ["vera_lambda_b", "vera_lambda_d"],
+            "lokr" => ["lokr_w1", "lokr_w2"],  // in 24 = 4·6, out 20 = 4·5, r 4 >= max(5, 6)/2: both factors full
             "dora" or "qdora" => ["lora_A.weight", "lora_B.weight", "lora_magnitude_vector"],
             _ => ["lora_A.weight", "lora_B.weight"],
         };

@@ -61,18 +61,6 @@ public sealed partial class CatalogueTests
         Assert.That(Catalogue.Get("adalora").TrainableParameters(i, o, options), Is.EqualTo(r * (i + o) + r), "AdaLoRA: A, E, B");
     }
 
-    [TestCase(4096, -1, 64, 64)]
-    [TestCase(3072, -1, 48, 64)]
-    [TestCase(11008, -1, 86, 128)]
-    [TestCase(14336, -1, 112, 128)]
-    [TestCase(768, -1, 24, 32)]
-    [TestCase(127, -1, 1, 127)]
-    [TestCase(4096, 4, 4, 1024)]
-    [TestCase(127, 4, 1, 127)]
-    [TestCase(4096, 8, 8, 512)]
-    public void LoKrFactorizationMatchesPeft(int dimension, int factor, int m, int n) =>
-        Assert.That(PlannedVariants.Factorization(dimension, factor), Is.EqualTo(((long)m, (long)n)), "REFERENCE.md 5.2's examples");
-
     [Test]
     public void LoKrCountsW1FullAndW2LowRank_4096x4096_r8()
     {

@@ -23,6 +23,7 @@ namespace parity {
 // ---- launching -----------------------------------------------------------------------------------
 struct Grid {
     uint32_t x, y;
+    uint32_t z = 1;
 };
 
 // Launches `kernel` through lk_simt_launch with args[i] pointing at parameter i's value, as
@@ -30,7 +31,7 @@ struct Grid {
 template <class... Args>
 ::testing::AssertionResult Launch(const char* kernel, Grid grid, uint32_t block, uint32_t shared_bytes, Args... args) {
     void* pointers[] = {static_cast<void*>(&args)...};
-    const lk_status status = lk_simt_launch(kernel, grid.x, grid.y, 1, block, 1, 1, shared_bytes, pointers);
+    const lk_status status = lk_simt_launch(kernel, grid.x, grid.y, grid.z, block, 1, 1, shared_bytes, pointers);
     if (status == LK_OK) return ::testing::AssertionSuccess();
     char message[2048];
     lk_simt_last_error(message, sizeof message);

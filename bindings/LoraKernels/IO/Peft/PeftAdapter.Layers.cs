@@ -5,6 +5,7 @@
 // every layer target_modules selects must find its module, and shapes, rank, scale and variant must
 // agree: a mismatch is an AdapterMismatchException naming the module, never a silent fall-back.
 using System.Text.Json.Nodes;
+using LoraKernels.Autograd;
 using LoraKernels.Layers;
 
 namespace LoraKernels.IO.Peft;
@@ -46,7 +47,7 @@ public sealed partial class PeftAdapter
     /// needs a module. VeRA layers must share one VeraProjections, which receives the saved projections.
     /// </summary>
     /// <exception cref="AdapterMismatchException">A module without a layer, a targeted layer without a module, a shape, rank, scale or variant that differs.</exception>
-    /// <exception cref="NotSupportedException">A tuner without a layer in this build (LoKr, AdaLoRA), lora_bias, or fan_in_fan_out.</exception>
+    /// <exception cref="NotSupportedException">A tuner without a layer in this build (AdaLoRA), lora_bias, or fan_in_fan_out.</exception>
     public void ApplyTo(IReadOnlyDictionary<string, IAdapterLayer> layers)
     {
         ArgumentNullException.ThrowIfNull(layers);
@@ -100,7 +101,7 @@ public sealed partial class PeftAdapter
     /// <summary>
     /// A PEFT adapter holding the weights of <paramref name="layers"/> (module path → layer): LoRA, rsLoRA,
     /// LoRA-FA, LoRA+ and QLoRA layers as LORA, DoRA and QDoRA as LORA with use_dora, VeRA layers (sharing
-    /// one VeraProjections) as VERA with the projections saved. Ranks or alphas that differ between layers
+    /// one VeraProjections) as VERA with the projections saved, LoKr layers as LOKR. Ranks or alphas that differ between layers
     /// go into rank_pattern / alpha_pattern keyed by module path.
     /// </summary>
     public static PeftAdapter FromLayers(IEnumerable<KeyValuePair<string, IAdapterLayer>> layers, PeftExportOptions? options = null)
@@ -150,6 +151,8 @@ public sealed partial class PeftAdapter
             return Create(PeftConfig.Create("VERA", fields), tensors);
         }
 
+        if (list.All(p => p.Value is LokrLinear)) return FromLokrLayers(list.Select(p => (p.Key, (LokrLinear)p.Value)).ToList(), fields, Tensor);
+
         var adapters = list.Select(p => (Path: p.Key, Pair: RankPair(p.Key, p.Value))).ToList();
         bool dora = adapters[0].Pair.Magnitude is not null;
         if (adapters.Any(a => (a.Pair.Magnitude is not null) != dora))
@@ -180,6 +183,40 @@ public sealed partial class PeftAdapter
         return Create(PeftConfig.Create("LORA", fields), tensors);
     }
 
+    /// <summary>
+    /// LoKr layers as PEFT's LOKR adapter: each parameter under its own name (lokr_w1, lokr_w1_a, ...), r and alpha the most
+    /// common pair with rank_pattern / alpha_pattern for the others; decompose_factor and decompose_both must be one per adapter.
+    /// </summary>
+    private static PeftAdapter FromLokrLayers(List<(string Path, LokrLinear Layer)> layers, JsonObject fields,
+                                              Func<string, string, Tensor, PeftTensor> tensor)
+    {
+        var (_, first) = layers[0];
+        if (layers.Any(l => l.Layer.DecomposeFactor != first.DecomposeFactor || l.Layer.DecomposeBoth != first.DecomposeBoth))
+            throw new ArgumentException("LoKr layers with different decompose_factor or decompose_both cannot share one adapter (one value per config).", nameof(layers));
+        var (rank, alpha) = layers.GroupBy(l => (l.Layer.Rank, l.Layer.Alpha)).OrderByDescending(g => g.Count()).First().Key;
+        var rankPattern = new JsonObject();
+        var alphaPattern = new JsonObject();
+        var tensors = new List<PeftTensor>();
+        foreach (var (path, layer) in layers)
+        {
+            if (layer.Rank != rank) rankPattern[path] = layer.Rank;
+            if (layer.Alpha != alpha) alphaPattern[path] = PeftConfig.Number(layer.Alpha);
+            foreach (Parameter parameter in layer.Parameters()) tensors.Add(tensor(path, parameter.Name, parameter.Value));
+        }
+        fields["r"] = rank;
+        fields["alpha"] = PeftConfig.Number(alpha);
+        fields["rank_dropout"] = 0;
+        fields["module_dropout"] = 0;
+        fields["use_effective_conv2d"] = false;
+        fields["decompose_both"] = first.DecomposeBoth;
+        fields["decompose_factor"] = first.DecomposeFactor;
+        fields["rank_dropout_scale"] = false;
+        fields["init_weights"] = true;
+        fields["rank_pattern"] = rankPattern;
+        fields["alpha_pattern"] = alphaPattern;
+        return Create(PeftConfig.Create("LOKR", fields), tensors);
+    }
+
     /// <summary>The rank-r pair of a LoRA-family layer, through its public API.</summary>
     private readonly record struct LoraPair(int Rank, float Alpha, bool UseRsLora, float Dropout, Tensor A, Tensor B, Tensor? Magnitude);
 
@@ -201,6 +238,7 @@ public sealed partial class PeftAdapter
         IAdapterLayer layer = Variant switch
         {
             "vera" => new VeraLinear(device, w0, null, projections!, 0f, Config.DInitial),
+            "lokr" => NewLokrLayer(module, device, w0, null, DType.F32),
             "dora" => new DoraLinear(device, w0, null, module.Rank, module.Alpha, 0f, Config.UseRsLora),
             _ => new LoraLinear(device, w0, null, module.Rank, module.Alpha, 0f, Config.UseRsLora),
         };
@@ -231,6 +269,9 @@ public sealed partial class PeftAdapter
             case VeraLinear vera:
                 vera.Merge();
                 return vera.W0;
+            case LokrLinear lokr:
+                lokr.Merge();
+                return lokr.W0;
             default:
                 throw new NotSupportedException($"{layer.GetType().Name} has no merge.");
         }
@@ -241,6 +282,7 @@ public sealed partial class PeftAdapter
         LoraLinear l => l.Merged,
         DoraLinear d => d.Merged,
         VeraLinear v => v.Merged,
+        LokrLinear k => k.Merged,
         _ => false,
     };
 
@@ -289,6 +331,10 @@ public sealed partial class PeftAdapter
         float dropout = Config.Dropout;
         switch (Variant)
         {
+            case "lokr":
+                if (weight.Quantized is not null)
+                    throw new NotSupportedException($"module \"{module.Path}\": LoKr over a 4-bit base has no layer in this build; dequantize the base first (merging into it works).");
+                return NewLokrLayer(module, device, weight.Dense!, weight.Bias, dtype);
             case "vera":
                 if (weight.Quantized is not null)
                     throw new NotSupportedException($"module \"{module.Path}\": VeRA over a 4-bit base has no layer in this build; dequantize the base first.");
@@ -314,6 +360,10 @@ public sealed partial class PeftAdapter
         bool hasMagnitude = module["lora_magnitude_vector"] is not null;
         switch (layer)
         {
+            case LokrLinear lokr when Variant == "lokr":
+                CheckRankAndScale(module, lokr.Rank, lokr.Scale);
+                CopyLokr(module, lokr);
+                return;
             case VeraLinear vera when Variant == "vera":
                 if (vera.Rank != module.Rank)
                     throw new AdapterMismatchException(module.Path, $"the layer's VeRA rank is {vera.Rank}, the adapter's r is {module.Rank}");
@@ -336,6 +386,35 @@ public sealed partial class PeftAdapter
             default:
                 throw new AdapterMismatchException(module.Path,
                     $"the adapter is {Variant} (peft_type {Config.PeftType}{(Config.UseDora ? ", use_dora" : "")}) and needs a {LayerKinds}, but the layer is a {layer.GetType().Name}");
+        }
+    }
+
+    /// <summary>
+    /// A LokrLinear over <paramref name="w0"/> with the module's r and alpha and the config's decompose_factor and
+    /// decompose_both, so its factors take PEFT's shapes; convolution modules (a 4-D lokr_w2, lokr_t2) are refused.
+    /// </summary>
+    private LokrLinear NewLokrLayer(PeftModule module, Device device, Tensor w0, Tensor? bias, DType dtype)
+    {
+        if (module["lokr_t2"] is not null || module["lokr_w2"] is { Shape.Count: 4 })
+            throw new NotSupportedException($"module \"{module.Path}\": LoKr on a convolution (a 4-D lokr_w2 or use_effective_conv2d's lokr_t2) cannot be attached from PEFT files in this build; build a LokrConv2d and copy the factors.");
+        return new LokrLinear(device, w0, bias, module.Rank, module.Alpha, Config.DecomposeFactor, Config.DecomposeBoth, dtype: dtype);
+    }
+
+    /// <summary>Copies every LoKr tensor of the module into the layer's parameter of the same name, shapes checked both ways.</summary>
+    private static void CopyLokr(PeftModule module, LokrLinear layer)
+    {
+        var parameters = layer.Parameters().ToDictionary(p => p.Name, StringComparer.Ordinal);
+        foreach (string component in module.Tensors.Keys)
+            if (!parameters.ContainsKey(component))
+                throw new AdapterMismatchException(module.Path,
+                    $"the adapter has {component} but the layer's factors are {string.Join(", ", parameters.Keys)} (its r, decompose_factor and decompose_both decide which are low-rank)");
+        foreach (var (name, parameter) in parameters)
+        {
+            PeftTensor tensor = module[name] ?? throw new AdapterMismatchException(module.Path,
+                $"the layer has {name} {parameter.Value.Describe()} but the adapter has {string.Join(", ", module.Tensors.Keys)}");
+            if (!tensor.Shape.SequenceEqual(parameter.Value.Shape))
+                throw new AdapterMismatchException(module.Path, $"{name} is {tensor.Describe()} in the adapter and {parameter.Value.Describe()} in the layer");
+            parameter.Value.CopyFrom(tensor.Values);
         }
     }
 

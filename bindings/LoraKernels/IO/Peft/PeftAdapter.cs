@@ -253,13 +253,42 @@ public sealed partial class PeftAdapter
                 return new PeftModule(path, tensors, (int)r, alpha, scale, Int(Dimension(source, a, 2, 1)), Int(Dimension(source, b, 2, 0)));
             }
             default:
-                // LoKr: the factors' shapes depend on the decomposition; read as they are until a layer exists.
-                if (!tensors.ContainsKey("lokr_w1") && !(tensors.ContainsKey("lokr_w1_a") && tensors.ContainsKey("lokr_w1_b")))
-                    throw new PeftFormatException(source, PeftKeys.Format(path, "lokr_w1"), "is missing: a LoKr module has lokr_w1 or lokr_w1_a and lokr_w1_b");
-                if (!tensors.ContainsKey("lokr_w2") && !(tensors.ContainsKey("lokr_w2_a") && tensors.ContainsKey("lokr_w2_b")))
-                    throw new PeftFormatException(source, PeftKeys.Format(path, "lokr_w2"), "is missing: a LoKr module has lokr_w2 or lokr_w2_a and lokr_w2_b");
-                return new PeftModule(path, tensors, rank, alpha, alpha / rank, 0, 0);
+                return ValidateLokr(source, path, tensors, rank, alpha);
         }
+    }
+
+    /// <summary>
+    /// A LoKr module: w1 (lokr_w1 [out_l, in_m], or lokr_w1_a [out_l, r]·lokr_w1_b [r, in_m]) and w2 (lokr_w2 [out_k, in_n]
+    /// or [out_k, in_n, kh, kw], or lokr_w2_a [out_k, r]·lokr_w2_b [r, in_n]); out = out_l·out_k, in = in_m·in_n (channels for
+    /// a convolution). With lokr_t2 (use_effective_conv2d) w2's shape is not recoverable here: in and out are left 0.
+    /// </summary>
+    private static PeftModule ValidateLokr(string source, string path, Dictionary<string, PeftTensor> tensors, int rank, float alpha)
+    {
+        (long Rows, long Columns) Factor(string full, string a, string b)
+        {
+            if (tensors.TryGetValue(full, out PeftTensor? dense))
+            {
+                if (tensors.ContainsKey(a) || tensors.ContainsKey(b))
+                    throw new PeftFormatException(source, dense.Key, $"is saved together with {a} / {b}; a LoKr factor is either full or low-rank");
+                int dimensions = full == "lokr_w2" && dense.Shape.Count == 4 ? 4 : 2;  // a convolution's w2 carries its window
+                return (Dimension(source, dense, dimensions, 0), Dimension(source, dense, dimensions, 1));
+            }
+            if (!tensors.TryGetValue(a, out PeftTensor? left) || !tensors.TryGetValue(b, out PeftTensor? right))
+                throw new PeftFormatException(source, PeftKeys.Format(path, full), $"is missing: a LoKr module has {full} or {a} and {b}");
+            if (tensors.ContainsKey("lokr_t2") && full == "lokr_w2") return (0, 0);  // CP form: w2_a is [r, out_k]
+            long r = Dimension(source, left, 2, 1);
+            if (Dimension(source, right, 2, 0) != r)
+                throw new PeftFormatException(source, right.Key, $"is {right.Describe()} but {a} is {left.Describe()}: the pieces must be [rows, r] and [r, columns]");
+            if (r != rank)
+                throw new PeftFormatException(source, left.Key, $"has r = {r}, but the config gives this module r = {rank} (r / rank_pattern)");
+            return (Dimension(source, left, 2, 0), Dimension(source, right, 2, 1));
+        }
+        var (outL, inM) = Factor("lokr_w1", "lokr_w1_a", "lokr_w1_b");
+        var (outK, inN) = Factor("lokr_w2", "lokr_w2_a", "lokr_w2_b");
+        long outFeatures = outL * outK, inFeatures = inM * inN;
+        if (outFeatures > int.MaxValue || inFeatures > int.MaxValue)
+            throw new PeftFormatException(source, PeftKeys.Format(path, "lokr_w1"), $"gives a layer of [{outFeatures}, {inFeatures}], over 2^31 - 1 per dimension");
+        return new PeftModule(path, tensors, rank, alpha, alpha / rank, Int(inFeatures), Int(outFeatures));
     }
 
     private static void ValidateShared(PeftConfig config, string source, Dictionary<string, PeftTensor> shared, List<PeftModule> modules)
@@ -360,6 +389,7 @@ public sealed partial class PeftAdapter
     {
         "dora" => nameof(DoraLinear),
         "vera" => nameof(VeraLinear),
+        "lokr" => nameof(LokrLinear),
         _ => $"{nameof(LoraLinear)}, {nameof(LoraFaLinear)} or {nameof(QloraLinear)}",
     };
 }

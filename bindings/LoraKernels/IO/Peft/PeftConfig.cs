@@ -36,6 +36,7 @@ public sealed class PeftConfig
         _ = InitLoraWeights;
         _ = Bias;
         _ = (UseRsLora, UseDora, FanInFanOut, LoraBias, InferenceMode, SaveProjection, ProjectionPrngKey, DInitial, BaseModelNameOrPath);
+        _ = (DecomposeFactor, DecomposeBoth);
     }
 
     /// <summary>Where the config came from (a path, or "&lt;new&gt;").</summary>
@@ -121,6 +122,12 @@ public sealed class PeftConfig
 
     /// <summary>VeRA's save_projection (default true).</summary>
     public bool SaveProjection => Bool("save_projection", true);
+
+    /// <summary>LoKr's decompose_factor (default -1: the divisor pair nearest √d).</summary>
+    public int DecomposeFactor => Int("decompose_factor", -1, minimum: -1);
+
+    /// <summary>LoKr's decompose_both (default false: w1 full).</summary>
+    public bool DecomposeBoth => Bool("decompose_both", false);
 
     /// <summary>VeRA's d_initial (default 0.1).</summary>
     public float DInitial => Float("d_initial", 0.1f);
