@@ -38,7 +38,7 @@ public static class Kron
     /// Gradients of <see cref="Forward"/> given dy [M, out] (x's dtype): dx [M, in], dW1 [out_l, in_m] and dW2
     /// [out_k, in_n], each only when requested (null otherwise). Pass the forward's scale.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DW1, Tensor? DW2) Backward(Tensor x, Tensor w0, Tensor w1, Tensor w2, Tensor dy, float scale,
+    public static KronGradients Backward(Tensor x, Tensor w0, Tensor w1, Tensor w2, Tensor dy, float scale,
                                                                  bool needDx = true, bool needDW1 = true, bool needDW2 = true)
     {
         const string op = "Kron.Backward";
@@ -46,7 +46,7 @@ public static class Kron
         Checks.Alive(dy, op, nameof(dy));
         Checks.Shape(op, nameof(dy), dy, "M, out", [m, shape.Out], w0.DType, w0.Device);
         Checks.Finite(op, nameof(scale), scale);
-        if (!needDx && !needDW1 && !needDW2) return (null, null, null);
+        if (!needDx && !needDW1 && !needDW2) return new(null, null, null);
         Tensor? dx = null, dw1 = null, dw2 = null;
         try
         {
@@ -54,7 +54,7 @@ public static class Kron
             if (needDW1) dw1 = Tensor.Empty(w0.Device, w0.DType, shape.OutL, shape.InM);
             if (needDW2) dw2 = Tensor.Empty(w0.Device, w0.DType, shape.OutK, shape.InN);
             IKronKernels.On(w0.Device).Backward(x, w0, w1, w2, dy, shape, scale, dx, dw1, dw2);
-            return (dx, dw1, dw2);
+            return new(dx, dw1, dw2);
         }
         catch
         {

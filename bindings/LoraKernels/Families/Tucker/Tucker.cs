@@ -58,7 +58,7 @@ public static class Tucker
     /// bias [out] or null, A [r_in, in], core S [r_out, r_in], B [out, r_out], all of x's dtype and device. Returns
     /// Y [M, out] and U = x Aᵀ [M, r_in] (F32), which <see cref="Backward"/> needs. ΔW is never formed.
     /// </summary>
-    public static (Tensor Y, Tensor U) Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor core, Tensor b, float scale)
+    public static ForwardResult Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor core, Tensor b, float scale)
     {
         const string op = "Tucker.Forward";
         TuckerDims d = CheckLinear(op, x, w0, a, core, b);
@@ -72,7 +72,7 @@ public static class Tucker
             u = Tensor.Empty(d.Adapter.Device, DType.F32, d.Adapter.M, d.RIn);
             using Tensor folded = FoldCore(core, b, d);
             ILoraKernels.On(d.Adapter.Device).Forward(x, w0, bias, a, folded, scale, 0f, 0, y, u);
-            return (y, u);
+            return new(y, u);
         }
         catch
         {
@@ -86,7 +86,7 @@ public static class Tucker
     /// dS [r_out, r_in] and dB [out, r_out] (x's dtype), each only when requested (null otherwise). With G = scale·dyᵀ·u
     /// [out, r_in] (LoRA's dB on the folded B' = B·S): dB = G·Sᵀ and dS = Bᵀ·G.
     /// </summary>
-    public static (Tensor? Dx, Tensor? DA, Tensor? DCore, Tensor? DB) Backward(
+    public static TuckerGradients Backward(
         Tensor x, Tensor w0, Tensor a, Tensor core, Tensor b, Tensor u, Tensor dy, float scale, bool needDx = true,
         bool needDA = true, bool needDCore = true, bool needDB = true)
     {
@@ -98,7 +98,7 @@ public static class Tucker
         Checks.Alive(dy, op, nameof(dy));
         Checks.Shape(op, nameof(dy), dy, "M, out", [ad.M, ad.Out], ad.DType, ad.Device);
         Checks.Finite(op, nameof(scale), scale);
-        if (!needDx && !needDA && !needDCore && !needDB) return (null, null, null, null);
+        if (!needDx && !needDA && !needDCore && !needDB) return new(null, null, null, null);
 
         Tensor? dx = null, dA = null, dCore = null, dB = null, g = null;
         try
@@ -119,7 +119,7 @@ public static class Tucker
                 dB = Tensor.Empty(ad.Device, ad.DType, ad.Out, d.ROut);
                 Product(BatchedProduct.Single(ad.Out, d.ROut, d.RIn, transB: true), g!, core, 1f, 0f, dB);
             }
-            return (dx, dA, dCore, dB);
+            return new(dx, dA, dCore, dB);
         }
         catch
         {
