@@ -7,9 +7,9 @@ namespace LoraKernels.Tests;
 /// Microsoft.Testing.Platform, as the generated entry point would (this is what `dotnet test`
 /// launches). With "benchmarks" as the first argument it runs the BenchmarkDotNet benchmarks with
 /// the remaining arguments instead, so the GPU bundle ships a single self-contained program whose
-/// one trimmed runtime serves both. With "gc-stress" or "train-digest" first it runs the child
-/// programs that GcStressTests and DeterminismTests start (Safety/GcStressProgram.cs,
-/// Safety/TrainingDigestProgram.cs).
+/// one trimmed runtime serves both. With "gc-stress", "train-digest" or "paged-memory" first it runs
+/// the child programs that GcStressTests, DeterminismTests and PagedStateTests start
+/// (Safety/GcStressProgram.cs, Safety/TrainingDigestProgram.cs, Optim/PagedMemoryProgram.cs).
 /// </summary>
 internal static class Program
 {
@@ -21,6 +21,8 @@ internal static class Program
             return Safety.GcStressProgram.Run(args[1..]);
         if (args.Length > 0 && args[0] == "train-digest")
             return Safety.TrainingDigestProgram.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "paged-memory")
+            return Optim.PagedMemoryProgram.Run(args[1..]);
 
         ITestApplicationBuilder builder = await TestApplication.CreateBuilderAsync(args);
         builder.AddSelfRegisteredExtensions(args);
