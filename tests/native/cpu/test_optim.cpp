@@ -187,7 +187,8 @@ struct State8bit {
     std::vector<float> m_absmax, v_absmax;
 };
 
-// A fresh 8-bit state as bitsandbytes creates it: codes of zero (signed map index 127, unsigned 0), absmax 0.
+// A fresh 8-bit state: the codes of zero (signed map index 127, unsigned 0) and absmax 0. (bitsandbytes, and
+// AdamW8bit, start from code 0 with absmax 0, which dequantizes to -0 and steps the same.)
 State8bit fresh_8bit(const std::vector<float>& p) {
     const size_t blocks = (p.size() + 255) / 256;
     return State8bit{p, std::vector<unsigned char>(p.size(), 127), std::vector<unsigned char>(p.size(), 0),
