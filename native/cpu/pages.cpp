@@ -1,5 +1,5 @@
-// pages.cpp: page hints for paged optimizer state in a shared file mapping (lk_cpu_pages_populate,
-// lk_cpu_pages_release; lora_kernels_optim.h). madvise works on whole pages, so each range is widened
+// pages.cpp: page hints for paged optimizer state in a shared file mapping (lk_cpu_pages_readahead,
+// lk_cpu_pages_populate, lk_cpu_pages_release; lora_kernels_optim.h). madvise works on whole pages, so each range is widened
 // to the pages it touches. Only Linux offers the calls; elsewhere both are no-ops.
 #include <cerrno>
 #include <cstring>
@@ -32,6 +32,13 @@ lk_status check_range(const char* function, void* address, int64_t bytes) {
 
 }  // namespace
 
+LK_API lk_status lk_cpu_pages_readahead(void* address, int64_t bytes) {
+    if (lk_status status = check_range("lk_cpu_pages_readahead", address, bytes); status != LK_OK) return status;
+    if (bytes == 0 || advise(address, bytes, MADV_WILLNEED) == 0) return LK_OK;
+    return lk::fail(LK_ERR_INTERNAL, "lk_cpu_pages_readahead: madvise of %lld bytes failed: %s", (long long)bytes,
+                    std::strerror(errno));
+}
+
 LK_API lk_status lk_cpu_pages_populate(void* address, int64_t bytes) {
     if (lk_status status = check_range("lk_cpu_pages_populate", address, bytes); status != LK_OK) return status;
     if (bytes == 0) return LK_OK;
@@ -50,6 +57,7 @@ LK_API lk_status lk_cpu_pages_release(void* address, int64_t bytes) {
 
 #else
 
+LK_API lk_status lk_cpu_pages_readahead(void*, int64_t) { return LK_OK; }
 LK_API lk_status lk_cpu_pages_populate(void*, int64_t) { return LK_OK; }
 LK_API lk_status lk_cpu_pages_release(void*, int64_t) { return LK_OK; }
 

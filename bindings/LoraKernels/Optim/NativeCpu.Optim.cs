@@ -16,6 +16,9 @@ internal static unsafe partial class NativeCpu
     public static partial int lk_cpu_grad_sumsq(GradSpan* spans, long count, double* sum);
 
     [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_pages_readahead(void* address, long bytes);
+
+    [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_pages_populate(void* address, long bytes);
 
     [LibraryImport(LibraryNames.Cpu)]

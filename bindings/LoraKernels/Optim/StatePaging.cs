@@ -2,8 +2,9 @@
 // and moves through a small working window of it each step, so a state larger than that memory still
 // trains. On CUDA (and the emulator, which runs the same code) the state is in pinned host memory and
 // moves through two device staging buffers, the copy of the next chunk overlapping the update of this
-// one; on the CPU it is in a memory-mapped file whose pages are populated ahead of the update and
-// released after it, so only the window stays resident. Paged and resident state give the same bits.
+// one; on the CPU it is in a memory-mapped file whose pages are mapped just before the update of their
+// chunk and released after it, so only the window stays resident. Paged and resident state give the
+// same bits.
 namespace LoraKernels.Optim;
 
 public sealed record StatePaging
@@ -13,8 +14,7 @@ public sealed record StatePaging
 
     /// <param name="workingBytes">
     /// Bytes of working memory the state moves through: device memory for the two staging buffers on a
-    /// GPU (half each), or the RAM budget of the mapped state on the CPU (two chunks of half each
-    /// resident at once: the one updated and the one populated ahead of it).
+    /// GPU (half each), or the RAM budget of the mapped state on the CPU (one chunk of it mapped at a time).
     /// </param>
     public StatePaging(long workingBytes)
     {
