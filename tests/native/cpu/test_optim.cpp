@@ -1,12 +1,18 @@
 // The optimizers' CPU kernels (lk_cpu_adamw, lk_cpu_adamw8bit, lk_cpu_grad_sumsq) against double
 // references written here, and the properties the paged optimizers rely on: a parameter cut into
 // several segments (at block boundaries for 8-bit) and any thread count give the same bits as one
-// segment. The exact 8-bit reference (bitsandbytes' blockwise algorithm with its own code tables)
+// segment, and released pages of a shared file mapping keep their data (lk_cpu_pages_*). The exact 8-bit reference (bitsandbytes' blockwise algorithm with its own code tables)
 // is the C# test AdamW8bitTests; here the 8-bit kernel is checked for invariances and bounds.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "reference.h"
 
@@ -302,6 +308,31 @@ TEST(GradSumsq, MatchesDoubleAndFlagsNonFiniteGradients) {
     EXPECT_TRUE(std::isfinite(sum));
 }
 
+// ---- page hints for mapped state -----------------------------------------------------------------
+
+#if defined(__linux__)
+// What the paged CPU optimizer relies on: a shared file mapping keeps its data through populate and
+// release (the pages come back from the file), on unaligned ranges too.
+TEST(Pages, ReleasedSharedFilePagesKeepTheirData) {
+    FILE* file = std::tmpfile();
+    ASSERT_NE(file, nullptr);
+    const int64_t bytes = 5 * 4096 + 123;
+    ASSERT_EQ(ftruncate(fileno(file), bytes), 0);
+    auto* mapping = (float*)mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fileno(file), 0);
+    ASSERT_NE((void*)mapping, MAP_FAILED);
+    const int64_t count = bytes / 4;
+    char* middle = (char*)mapping + 1000;  // not page aligned: the hints widen to whole pages
+    ASSERT_EQ(lk_cpu_pages_readahead(middle, bytes - 2000), LK_OK) << last_error();
+    ASSERT_EQ(lk_cpu_pages_populate(middle, bytes - 2000), LK_OK) << last_error();
+    for (int64_t i = 0; i < count; ++i) mapping[i] = (float)i * 0.5f;
+    ASSERT_EQ(lk_cpu_pages_release(middle, bytes - 2000), LK_OK) << last_error();
+    for (int64_t i = 0; i < count; ++i) ASSERT_EQ(mapping[i], (float)i * 0.5f) << i;
+    ASSERT_EQ(lk_cpu_pages_release(mapping, 0), LK_OK);
+    munmap(mapping, bytes);
+    std::fclose(file);
+}
+#endif
+
 // ---- arguments -----------------------------------------------------------------------------------
 
 void expect_invalid(lk_status status, std::initializer_list<const char*> fragments) {
@@ -345,6 +376,10 @@ TEST(OptimArguments, BadListsAndCoefficientsAreNamed) {
     expect_invalid(lk_cpu_grad_sumsq(&span, 1, &sum), {"lk_cpu_grad_sumsq", "span grad", "NULL"});
     span.grad = g.data();
     expect_invalid(lk_cpu_grad_sumsq(&span, 1, nullptr), {"lk_cpu_grad_sumsq", "sum", "NULL"});
+
+    expect_invalid(lk_cpu_pages_populate(nullptr, 4096), {"lk_cpu_pages_populate", "address", "NULL"});
+    expect_invalid(lk_cpu_pages_release(g.data(), -1), {"lk_cpu_pages_release", "bytes", "-1"});
+    expect_invalid(lk_cpu_pages_readahead(nullptr, 1), {"lk_cpu_pages_readahead", "address", "NULL"});
 }
 
 }  // namespace
