@@ -27,3 +27,8 @@ constexpr int kDecodeXAlign = 8;       // staged x row stride multiple: 32 bytes
 // (kernels/elementwise.cu, optim.cu, nf4.cu's dequantize and the families' element-wise kernels)
 constexpr int kElementwiseThreads = 256;
 constexpr int kElementwiseBlocksPerSm = 8;  // enough resident warps to saturate memory; the loop covers the rest
+
+// ---- multi-tensor optimizers (optim.cu): one block per run of a segment --------------------------
+constexpr int kOptimThreads = 256;    // threads per block, every lk_optim_* entry point
+constexpr int kOptimChunk = 4096;     // elements per block of the fp32 kernels (16 per thread)
+constexpr int kOptim8bitBlock = 256;  // bitsandbytes' 8-bit state block: one grid block each

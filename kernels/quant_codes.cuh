@@ -180,3 +180,9 @@ struct LkDynamicBits {
     const lk_u32* bits;
     LK_CODE_FN float operator()(int i) const { return lk_bits_f32(bits[i]); }
 };
+
+// A dynamic map copied into floats (a kernel's shared-memory copy of a table).
+struct LkDynamicFloats {
+    const float* values;
+    LK_CODE_FN float operator()(int i) const { return values[i]; }
+};

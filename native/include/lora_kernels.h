@@ -106,11 +106,6 @@ LK_API lk_status lk_cpu_cross_entropy(int64_t M, int64_t C, const float* logits,
                                       float* dlogits);
 /* index[0] = the smallest i < n with x[i] NaN or +-Inf, or -1 when all n values are finite. */
 LK_API lk_status lk_cpu_first_nonfinite(int64_t n, const float* x, int64_t* index);
-/* AdamW as torch.optim.AdamW: p -= lr*wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
- * p -= lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps). step counts from 1. */
-LK_API lk_status lk_cpu_adamw_step(int64_t n, float* param, const float* grad, float* m, float* v,
-                                   float lr, float beta1, float beta2, float eps,
-                                   float weight_decay, int64_t step);
 /* bf16 <-> fp32 conversion with the rounding of kernels/common.cuh (round to nearest even). */
 LK_API lk_status lk_cpu_bf16_to_f32(int64_t n, const uint16_t* src, float* dst);
 LK_API lk_status lk_cpu_f32_to_bf16(int64_t n, const float* src, uint16_t* dst);
@@ -149,5 +144,6 @@ LK_API lk_status lk_simt_set_num_threads(int32_t n);
 #include "lora_kernels_kron.h"
 #include "lora_kernels_tucker.h"
 #include "lora_kernels_conv.h"
+#include "lora_kernels_optim.h"
 
 #endif /* LORA_KERNELS_H */

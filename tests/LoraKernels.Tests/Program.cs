@@ -7,8 +7,9 @@ namespace LoraKernels.Tests;
 /// Microsoft.Testing.Platform, as the generated entry point would (this is what `dotnet test`
 /// launches). With "benchmarks" as the first argument it runs the BenchmarkDotNet benchmarks with
 /// the remaining arguments instead, so the GPU bundle ships a single self-contained program whose
-/// one trimmed runtime serves both. With "gc-stress", "train-digest" or "wait-policy" first it runs the
-/// child programs that GcStressTests, DeterminismTests and OpenMpWaitPolicyTests start (Safety/*Program.cs).
+/// one trimmed runtime serves both. With "gc-stress", "train-digest", "wait-policy" or "paged-memory" first
+/// it runs the child programs that GcStressTests, DeterminismTests, OpenMpWaitPolicyTests and PagedStateTests
+/// start (Safety/*Program.cs, Optim/PagedMemoryProgram.cs).
 /// </summary>
 internal static class Program
 {
@@ -22,6 +23,8 @@ internal static class Program
             return Safety.TrainingDigestProgram.Run(args[1..]);
         if (args.Length > 0 && args[0] == "wait-policy")
             return Safety.WaitPolicyProgram.Run(args[1..]);
+        if (args.Length > 0 && args[0] == "paged-memory")
+            return Optim.PagedMemoryProgram.Run(args[1..]);
 
         ITestApplicationBuilder builder = await TestApplication.CreateBuilderAsync(args);
         builder.AddSelfRegisteredExtensions(args);

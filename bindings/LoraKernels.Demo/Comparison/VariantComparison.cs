@@ -95,7 +95,7 @@ public static class VariantComparison
             AdamW optimizer = Own(owned, name == "lora+"
                 ? LoraPlus.CreateOptimizer(parameters, options.LearningRate / LoraPlusLearningRateDivisor, LoraPlusRatio)
                 : new AdamW(parameters, lr: options.LearningRate, weightDecay: 0f));
-            float[] baseRates = optimizer.Groups.Select(g => g.LearningRate).ToArray();
+            optimizer.Schedule = LearningRateSchedule.Cosine(Math.Max(1, steps - 1), minimumFactor: 0.1);
             using var tape = new Tape();
 
             var losses = new List<float>(steps);
@@ -107,10 +107,6 @@ public static class VariantComparison
                 float[] inputs = batches.Uniform(options.BatchSize * options.InFeatures, MathF.Sqrt(3f));
                 using var x = Tensor.FromArray(device, inputs, options.BatchSize, options.InFeatures);
                 using var target = TeacherForward(teachers, x);
-                double progress = Math.Min(1.0, (double)step / Math.Max(1, steps - 1));
-                double factor = 0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * progress));
-                for (int g = 0; g < baseRates.Length; g++) optimizer.Groups[g].LearningRate = (float)(baseRates[g] * factor);
-
                 tape.Reset();
                 Variable hidden = tape.Relu(students[0].Forward(tape, new Variable(x)));
                 Variable prediction = students[1].Forward(tape, hidden);

@@ -58,6 +58,8 @@ public sealed class LoraMlpTrainer : IDisposable
             (_student2, _teacher2) = CreateLayerPair(random, options.HiddenFeatures, options.OutFeatures, layerSeed: 2);
             _optimizer = Own(new AdamW(_student1.Parameters().Concat(_student2.Parameters()),
                                        lr: options.LearningRate, weightDecay: 0f));
+            if (options.ScheduleSteps is int total)
+                _optimizer.Schedule = LearningRateSchedule.Cosine(Math.Max(1, total - 1), minimumFactor: 0.1);
         }
         catch
         {
@@ -99,11 +101,6 @@ public sealed class LoraMlpTrainer : IDisposable
         using var x = Tensor.FromArray(_device, inputs, _options.BatchSize, _options.InFeatures);
         using var target = TeacherForward(x);
 
-        if (_options.ScheduleSteps is int total)
-        {
-            double progress = Math.Min(1.0, (double)_optimizer.StepCount / Math.Max(1, total - 1));
-            _optimizer.LearningRate = (float)(_options.LearningRate * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * progress))));
-        }
         _tape.Reset();
         Variable hidden = _tape.Relu(_student1.Forward(_tape, new Variable(x)));
         Variable prediction = _student2.Forward(_tape, hidden);

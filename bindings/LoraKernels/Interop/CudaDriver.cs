@@ -40,6 +40,23 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemsetD8_v2")] public static partial int cuMemsetD8(ulong destination, byte value, nuint count);
     [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemGetInfo_v2")] public static partial int cuMemGetInfo(nuint* free, nuint* total);
 
+    // Pinned host and managed memory, and copies that overlap kernels (paged optimizer state).
+    public const uint MemHostAllocPortable = 0x01;   // CU_MEMHOSTALLOC_PORTABLE: pinned for every context
+    public const uint MemHostAllocDeviceMap = 0x02;  // CU_MEMHOSTALLOC_DEVICEMAP: addressable by kernels (UVA)
+    public const uint MemAttachGlobal = 0x01;        // CU_MEM_ATTACH_GLOBAL
+    public const uint StreamNonBlocking = 0x01;      // CU_STREAM_NON_BLOCKING: no implicit sync with the legacy stream
+    public const uint EventDisableTiming = 0x02;     // CU_EVENT_DISABLE_TIMING
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemHostAlloc")] public static partial int cuMemHostAlloc(void** pointer, nuint bytes, uint flags);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemFreeHost(void* pointer);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemAllocManaged(ulong* devicePointer, nuint bytes, uint flags);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemcpy(ulong destination, ulong source, nuint bytes);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemcpyAsync(ulong destination, ulong source, nuint bytes, IntPtr stream);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuCtxSynchronize();
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuEventCreate(IntPtr* evt, uint flags);
+    [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuEventDestroy_v2")] public static partial int cuEventDestroy(IntPtr evt);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuEventRecord(IntPtr evt, IntPtr stream);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuStreamWaitEvent(IntPtr stream, IntPtr evt, uint flags);
+
     [LibraryImport(LibraryNames.Cuda)] public static partial int cuStreamCreate(IntPtr* stream, uint flags);
     [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuStreamDestroy_v2")] public static partial int cuStreamDestroy(IntPtr stream);
     [LibraryImport(LibraryNames.Cuda)] public static partial int cuStreamSynchronize(IntPtr stream);

@@ -27,10 +27,6 @@ internal static unsafe partial class NativeCpu
                                                    float* loss, float* dlogits);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_first_nonfinite(long n, float* x, long* index);
 
-    [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_adamw_step(long n, float* param, float* grad, float* m, float* v, float lr,
-                                                float beta1, float beta2, float eps, float weightDecay, long step);
-
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_bf16_to_f32(long n, ushort* source, float* destination);
     [LibraryImport(LibraryNames.Cpu)] public static partial int lk_cpu_f32_to_bf16(long n, float* source, ushort* destination);
 }

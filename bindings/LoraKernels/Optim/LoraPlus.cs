@@ -43,16 +43,16 @@ public static class LoraPlus
         return groups;
     }
 
-    /// <summary>An AdamW over the LoRA+ groups of <paramref name="parameters"/>.</summary>
+    /// <summary>An AdamW over the LoRA+ groups of <paramref name="parameters"/> (any optimizer takes <see cref="Groups"/> too).</summary>
     public static AdamW CreateOptimizer(IEnumerable<Parameter> parameters, float lr, float ratio = DefaultRatio, float weightDecay = 0f,
-                                        float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f) =>
-        new(Groups(parameters, lr, ratio, weightDecay), beta1, beta2, eps);
+                                        float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, StatePaging? paging = null) =>
+        new(Groups(parameters, lr, ratio, weightDecay), beta1, beta2, eps, paging);
 
     /// <summary>An AdamW over the LoRA+ groups of the trainable parameters of <paramref name="layers"/>.</summary>
     public static AdamW CreateOptimizer(IEnumerable<IAdapterLayer> layers, float lr, float ratio = DefaultRatio, float weightDecay = 0f,
-                                        float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f)
+                                        float beta1 = 0.9f, float beta2 = 0.999f, float eps = 1e-8f, StatePaging? paging = null)
     {
         ArgumentNullException.ThrowIfNull(layers);
-        return CreateOptimizer(layers.SelectMany(layer => layer.Parameters()), lr, ratio, weightDecay, beta1, beta2, eps);
+        return CreateOptimizer(layers.SelectMany(layer => layer.Parameters()), lr, ratio, weightDecay, beta1, beta2, eps, paging);
     }
 }

@@ -65,6 +65,8 @@ public sealed class CpuDevice : Device
 
     internal override DeviceBuffer Allocate(long bytes) => HostMemory.Allocate(bytes, Counter);
 
+    internal override DeviceBuffer Allocate(long bytes, MemoryKind kind) => HostMemory.Allocate(bytes, kind, Counter, "cpu", mappedFiles: true);
+
     internal override void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source) =>
         HostMemory.Upload(destination, destinationOffsetBytes, source);
 

@@ -61,6 +61,10 @@ public sealed class CudaDevice : Device
 
     internal override DeviceBuffer Allocate(long bytes) => KernelDevice.Allocate(bytes);
 
+    internal override DeviceBuffer Allocate(long bytes, MemoryKind kind) => KernelDevice.Allocate(bytes, kind);
+
+    internal override ITransferQueue CreateTransferQueue() => KernelDevice.CreateTransferQueue();
+
     internal override void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source) =>
         KernelDevice.Upload(destination, destinationOffsetBytes, source);
 

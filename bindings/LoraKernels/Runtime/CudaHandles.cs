@@ -82,11 +82,12 @@ internal sealed class CudaStream : CudaContextBoundHandle
 {
     private CudaStream(CudaContextHandle context) : base(context) { }
 
-    public static unsafe CudaStream Create(CudaContextHandle context)
+    /// <summary>A stream created with <paramref name="flags"/> (0: blocking; CudaDriver.StreamNonBlocking for a transfer queue).</summary>
+    public static unsafe CudaStream Create(CudaContextHandle context, uint flags = 0)
     {
         var stream = new CudaStream(context);
         IntPtr raw;
-        Check.Cuda(CudaDriver.cuStreamCreate(&raw, 0));
+        Check.Cuda(CudaDriver.cuStreamCreate(&raw, flags));
         stream.Adopt(raw);
         return stream;
     }
@@ -114,26 +115,41 @@ internal sealed class CudaModuleHandle : CudaContextBoundHandle
     protected override bool Destroy(IntPtr raw) => CudaDriver.cuModuleUnload(raw) == CudaDriver.Success;
 }
 
-/// <summary>One cuMemAlloc allocation; updates the device's live-allocation counter when freed.</summary>
+/// <summary>
+/// One allocation of device memory (cuMemAlloc), managed memory (cuMemAllocManaged) or pinned host memory
+/// (cuMemHostAlloc, portable and mapped, so its host address is also the device's); updates the device's
+/// live-allocation counter when freed.
+/// </summary>
 internal sealed class CudaMemoryHandle : CudaContextBoundHandle
 {
     private readonly AllocationCounter _counter;
     private readonly long _bytes;
+    private readonly MemoryKind _kind;
 
-    private CudaMemoryHandle(CudaContextHandle context, AllocationCounter counter, long bytes) : base(context)
+    private CudaMemoryHandle(CudaContextHandle context, AllocationCounter counter, long bytes, MemoryKind kind) : base(context)
     {
         _counter = counter;
         _bytes = bytes;
+        _kind = kind;
     }
 
-    public static unsafe CudaMemoryHandle Allocate(CudaContextHandle context, AllocationCounter counter, long bytes)
+    public static unsafe CudaMemoryHandle Allocate(CudaContextHandle context, AllocationCounter counter, long bytes, MemoryKind kind = MemoryKind.Device)
     {
-        var memory = new CudaMemoryHandle(context, counter, bytes);
-        ulong pointer;
-        // cuMemAlloc rejects 0 bytes; an empty tensor still gets a distinct, valid address.
-        int result = CudaDriver.cuMemAlloc(&pointer, (nuint)Math.Max(bytes, 1));
+        var memory = new CudaMemoryHandle(context, counter, bytes, kind);
+        // The driver rejects 0 bytes; an empty tensor still gets a distinct, valid address.
+        nuint size = (nuint)Math.Max(bytes, 1);
+        ulong pointer = 0;
+        void* host = null;
+        int result = kind switch
+        {
+            MemoryKind.Device => CudaDriver.cuMemAlloc(&pointer, size),
+            MemoryKind.Managed => CudaDriver.cuMemAllocManaged(&pointer, size, CudaDriver.MemAttachGlobal),
+            MemoryKind.PinnedHost => CudaDriver.cuMemHostAlloc(&host, size, CudaDriver.MemHostAllocPortable | CudaDriver.MemHostAllocDeviceMap),
+            _ => throw new NotSupportedException($"A CUDA device has no {kind} memory."),
+        };
+        if (kind == MemoryKind.PinnedHost) pointer = (ulong)host;
         if (result != CudaDriver.Success)
-            throw Check.CudaError($"cuMemAlloc of {bytes} bytes ({bytes / (1024.0 * 1024.0):F1} MiB)", result);
+            throw Check.CudaError($"{AllocationCall(kind)} of {bytes} bytes ({bytes / (1024.0 * 1024.0):F1} MiB)", result);
         // Counted before Adopt: if Adopt has to free the memory again, Destroy uncounts it.
         counter.Add(bytes);
         memory.Adopt((IntPtr)pointer);
@@ -142,12 +158,38 @@ internal sealed class CudaMemoryHandle : CudaContextBoundHandle
 
     public ulong Address => (ulong)handle;
 
-    protected override bool Destroy(IntPtr raw)
+    protected override unsafe bool Destroy(IntPtr raw)
     {
-        bool freed = CudaDriver.cuMemFree((ulong)raw) == CudaDriver.Success;
+        bool freed = (_kind == MemoryKind.PinnedHost ? CudaDriver.cuMemFreeHost((void*)raw) : CudaDriver.cuMemFree((ulong)raw)) == CudaDriver.Success;
         if (freed) _counter.Remove(_bytes);
         return freed;
     }
+
+    private static string AllocationCall(MemoryKind kind) => kind switch
+    {
+        MemoryKind.Managed => "cuMemAllocManaged",
+        MemoryKind.PinnedHost => "cuMemHostAlloc (pinned host memory)",
+        _ => "cuMemAlloc",
+    };
+}
+
+/// <summary>An event without timing, recorded on a stream so another stream can wait for it.</summary>
+internal sealed class CudaEvent : CudaContextBoundHandle
+{
+    private CudaEvent(CudaContextHandle context) : base(context) { }
+
+    public static unsafe CudaEvent Create(CudaContextHandle context)
+    {
+        var evt = new CudaEvent(context);
+        IntPtr raw;
+        Check.Cuda(CudaDriver.cuEventCreate(&raw, CudaDriver.EventDisableTiming));
+        evt.Adopt(raw);
+        return evt;
+    }
+
+    public IntPtr Raw => handle;
+
+    protected override bool Destroy(IntPtr raw) => CudaDriver.cuEventDestroy(raw) == CudaDriver.Success;
 }
 
 internal sealed class CublasHandle : CudaContextBoundHandle

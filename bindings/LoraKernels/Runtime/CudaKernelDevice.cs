@@ -90,12 +90,36 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
         return new CudaBuffer(_context, Counter, bytes);
     }
 
+    /// <summary>Device (cuMemAlloc), pinned host (cuMemHostAlloc, portable and mapped) or managed (cuMemAllocManaged) memory.</summary>
+    public DeviceBuffer Allocate(long bytes, MemoryKind kind)
+    {
+        Enter();
+        if (kind is not (MemoryKind.Device or MemoryKind.Managed or MemoryKind.PinnedHost))
+            throw new NotSupportedException($"A CUDA device has no {kind} memory (use PinnedHost for state kept off the GPU).");
+        return new CudaBuffer(_context, Counter, bytes, kind);
+    }
+
+    /// <summary>A second, non-blocking stream for copies that overlap this device's kernels.</summary>
+    public ITransferQueue CreateTransferQueue()
+    {
+        Enter();
+        return new CudaTransferQueue(this);
+    }
+
+    // Pinned host and managed memory are host memory too: after the device's work is done, the host
+    // reads and writes them directly.
     public void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source)
     {
         using var leases = new BufferLeases();
         ulong target = Address(leases, destination, destinationOffsetBytes, source.Length, nameof(destination));
         if (source.IsEmpty) return;
         Enter();
+        if (destination.Kind != MemoryKind.Device)
+        {
+            Check.Cuda(CudaDriver.cuCtxSynchronize());
+            source.CopyTo(new Span<byte>((void*)target, source.Length));
+            return;
+        }
         fixed (byte* from = source) Check.Cuda(CudaDriver.cuMemcpyHtoD(target, from, (nuint)source.Length));
     }
 
@@ -105,6 +129,12 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
         ulong from = Address(leases, source, sourceOffsetBytes, destination.Length, nameof(source));
         if (destination.IsEmpty) return;
         Enter();
+        if (source.Kind != MemoryKind.Device)
+        {
+            Check.Cuda(CudaDriver.cuCtxSynchronize());
+            new ReadOnlySpan<byte>((void*)from, destination.Length).CopyTo(destination);
+            return;
+        }
         fixed (byte* target = destination) Check.Cuda(CudaDriver.cuMemcpyDtoH(target, from, (nuint)destination.Length));
     }
 
@@ -115,7 +145,10 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
         ulong target = Address(leases, destination, destinationOffsetBytes, bytes, nameof(destination));
         if (bytes == 0) return;
         Enter();
-        Check.Cuda(CudaDriver.cuMemcpyDtoD(target, from, (nuint)bytes));
+        // cuMemcpy infers the direction from unified addresses, so any pair of kinds copies.
+        Check.Cuda(source.Kind == MemoryKind.Device && destination.Kind == MemoryKind.Device
+                       ? CudaDriver.cuMemcpyDtoD(target, from, (nuint)bytes)
+                       : CudaDriver.cuMemcpy(target, from, (nuint)bytes));
     }
 
     public void Memset(DeviceBuffer destination, long offsetBytes, long bytes, byte value)
@@ -124,6 +157,13 @@ internal sealed unsafe class CudaKernelDevice : IKernelDevice
         ulong target = Address(leases, destination, offsetBytes, bytes, nameof(destination));
         if (bytes == 0) return;
         Enter();
+        if (destination.Kind != MemoryKind.Device)
+        {
+            Check.Cuda(CudaDriver.cuCtxSynchronize());
+            for (long done = 0; done < bytes; done += int.MaxValue)
+                new Span<byte>((byte*)target + done, (int)Math.Min(int.MaxValue, bytes - done)).Fill(value);
+            return;
+        }
         Check.Cuda(CudaDriver.cuMemsetD8(target, value, (nuint)bytes));
     }
 

@@ -108,6 +108,13 @@ public abstract class Device : IDisposable
             (Backend, Cpu: (Func<object>)cpu, Gpu: (Func<GpuLaunch, object>)gpu));
 
     internal abstract DeviceBuffer Allocate(long bytes);
+
+    /// <summary>Memory of <paramref name="kind"/>; a device without that kind throws <see cref="NotSupportedException"/>.</summary>
+    internal abstract DeviceBuffer Allocate(long bytes, MemoryKind kind);
+
+    /// <summary>A queue of copies that overlap this device's kernels (GPU devices); the CPU device has none.</summary>
+    internal virtual ITransferQueue CreateTransferQueue() =>
+        throw new NotSupportedException($"The {this} device runs no kernels beside copies; it has no transfer queue.");
     internal abstract void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source);
     internal abstract void Download(DeviceBuffer source, long sourceOffsetBytes, Span<byte> destination);
     internal abstract void Copy(DeviceBuffer source, long sourceOffsetBytes, DeviceBuffer destination, long destinationOffsetBytes, long bytes);

@@ -17,9 +17,16 @@ public abstract class DeviceBuffer : IDisposable
     private int _references = 1;
     private int _disposed;
 
-    protected DeviceBuffer(long sizeInBytes) => SizeInBytes = sizeInBytes;
+    protected DeviceBuffer(long sizeInBytes, MemoryKind kind = MemoryKind.Device)
+    {
+        SizeInBytes = sizeInBytes;
+        Kind = kind;
+    }
 
     public long SizeInBytes { get; }
+
+    /// <summary>Where the memory lives (the kind it was allocated as).</summary>
+    public MemoryKind Kind { get; }
 
     /// <summary>
     /// The address kernels see (a host address on the CPU and under the emulator). Valid only while

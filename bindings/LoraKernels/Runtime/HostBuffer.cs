@@ -1,4 +1,5 @@
-// Host memory for the CPU device and the SIMT emulator: 64-byte aligned (a cache line and an
+// Host memory for the CPU device and the SIMT emulator (for them every kind but MappedFile is this
+// memory, marked with the kind it was asked for): 64-byte aligned (a cache line and an
 // AVX-512 vector) so native kernels may use aligned loads on whole tensors. Freed when the last
 // reference goes (DeviceBuffer), or by the finalizer when a tensor is dropped without Dispose: the
 // finalizer can only run once nothing, leases included, refers to the buffer. Freeing never throws.
@@ -12,7 +13,7 @@ internal sealed unsafe class HostBuffer : DeviceBuffer
     private readonly AllocationCounter _counter;
     private void* _memory;
 
-    public HostBuffer(long bytes, AllocationCounter counter) : base(bytes)
+    public HostBuffer(long bytes, AllocationCounter counter, MemoryKind kind = MemoryKind.Device) : base(bytes, kind)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
         // A zero-byte tensor still gets a distinct, valid address.

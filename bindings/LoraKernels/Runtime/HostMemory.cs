@@ -7,6 +7,17 @@ internal static unsafe class HostMemory
 {
     public static HostBuffer Allocate(long bytes, AllocationCounter counter) => new(bytes, counter);
 
+    /// <summary>
+    /// Memory of <paramref name="kind"/> for a device whose memory is host memory (<paramref name="device"/> names
+    /// it in errors): MappedFile only where <paramref name="mappedFiles"/>, every other kind plain host memory.
+    /// </summary>
+    public static DeviceBuffer Allocate(long bytes, MemoryKind kind, AllocationCounter counter, string device, bool mappedFiles) => kind switch
+    {
+        MemoryKind.Device or MemoryKind.PinnedHost or MemoryKind.Managed => new HostBuffer(bytes, counter, kind),
+        MemoryKind.MappedFile when mappedFiles => FileBackedBuffer.Create(bytes, counter),
+        _ => throw new NotSupportedException($"The {device} device has no {kind} memory."),
+    };
+
     public static void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source)
     {
         using var leases = new BufferLeases();
@@ -40,7 +51,7 @@ internal static unsafe class HostMemory
     /// <summary>The host address of byte <paramref name="offset"/>, the buffer leased by <paramref name="leases"/>.</summary>
     private static byte* Pointer(BufferLeases leases, DeviceBuffer buffer, long offset, long bytes, string paramName)
     {
-        if (buffer is not (HostBuffer or IO.MappedFileBuffer)) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
+        if (buffer is not (HostBuffer or IO.MappedFileBuffer or FileBackedBuffer)) throw new ArgumentException($"{paramName} is not host memory ({buffer.GetType().Name}).", paramName);
         BufferRange.Check(buffer, offset, bytes, paramName);
         return (byte*)leases.Address(buffer) + offset;
     }

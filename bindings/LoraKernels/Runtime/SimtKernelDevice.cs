@@ -27,6 +27,9 @@ internal sealed unsafe class SimtKernelDevice : IKernelDevice
 
     public DeviceBuffer Allocate(long bytes) => HostMemory.Allocate(bytes, Counter);
 
+    /// <summary>Host memory marked with <paramref name="kind"/> (pinned host and managed memory are what a GPU's would be); no mapped files.</summary>
+    public DeviceBuffer Allocate(long bytes, MemoryKind kind) => HostMemory.Allocate(bytes, kind, Counter, "simt", mappedFiles: false);
+
     public void Upload(DeviceBuffer destination, long destinationOffsetBytes, ReadOnlySpan<byte> source) =>
         HostMemory.Upload(destination, destinationOffsetBytes, source);
 

@@ -17,7 +17,7 @@ public sealed class Tensor : IDisposable
     private readonly long[] _shape;
     private DeviceBuffer? _buffer;
 
-    private Tensor(Device device, DType dtype, long[] shape, DeviceBuffer? buffer = null)
+    private Tensor(Device device, DType dtype, long[] shape, DeviceBuffer? buffer = null, MemoryKind kind = MemoryKind.Device)
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(shape);
@@ -38,7 +38,7 @@ public sealed class Tensor : IDisposable
         Shape = new ReadOnlyCollection<long>(_shape);
         if (buffer is not null && buffer.SizeInBytes != bytes)
             throw new ArgumentException($"The buffer holds {buffer.SizeInBytes} bytes; a {dtype} tensor of shape [{string.Join(", ", _shape)}] needs {bytes}.", nameof(buffer));
-        _buffer = buffer ?? device.Allocate(bytes);
+        _buffer = buffer ?? (kind == MemoryKind.Device ? device.Allocate(bytes) : device.Allocate(bytes, kind));
     }
 
     public IReadOnlyList<long> Shape { get; }
@@ -58,6 +58,15 @@ public sealed class Tensor : IDisposable
 
     /// <summary>A tensor whose contents are undefined.</summary>
     public static Tensor Empty(Device device, DType dtype, params long[] shape) => new(device, dtype, shape);
+
+    /// <summary>
+    /// A tensor in memory of <paramref name="kind"/> (contents undefined; a MappedFile tensor starts as zeros).
+    /// Throws <see cref="NotSupportedException"/> where the device has no such memory.
+    /// </summary>
+    public static Tensor Empty(Device device, DType dtype, MemoryKind kind, params long[] shape) => new(device, dtype, shape, kind: kind);
+
+    /// <summary>Where the tensor's memory lives.</summary>
+    public MemoryKind MemoryKind => Buffer.Kind;
 
     /// <summary>
     /// A tensor over an existing buffer of <paramref name="device"/> holding exactly its bytes (a

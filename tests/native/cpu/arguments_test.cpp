@@ -166,35 +166,6 @@ TEST(InvalidArguments, ElementWise) {
     expect_invalid(lk_cpu_f32_to_bf16(4, x, nullptr), {"lk_cpu_f32_to_bf16", "dst", "NULL"});
 }
 
-TEST(InvalidArguments, AdamW) {
-    Buffers b;
-    float *p = b.a.data(), *m = b.c.data(), *v = b.d.data();
-    const float* g = b.b.data();
-    const char* fn = "lk_cpu_adamw_step";
-    auto call = [&](int64_t n, float* pp, const float* gp, float* mp, float* vp, float lr, float b1,
-                    float b2, float eps, float wd, int64_t step) {
-        return lk_cpu_adamw_step(n, pp, gp, mp, vp, lr, b1, b2, eps, wd, step);
-    };
-    ASSERT_EQ(call(4, p, g, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1), LK_OK);
-    expect_invalid(call(-4, p, g, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1), {fn, "n", "-4"});
-    expect_invalid(call(4, nullptr, g, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1),
-                   {fn, "param", "NULL"});
-    expect_invalid(call(4, p, nullptr, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1),
-                   {fn, "grad", "NULL"});
-    expect_invalid(call(4, p, g, nullptr, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1),
-                   {fn, "m", "NULL"});
-    expect_invalid(call(4, p, g, m, nullptr, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1),
-                   {fn, "v", "NULL"});
-    expect_invalid(call(4, p, g, m, v, -1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1),
-                   {fn, "lr", "-0.001"});
-    expect_invalid(call(4, p, g, m, v, 1e-3f, 1.0f, 0.999f, 1e-8f, 0.01f, 1), {fn, "beta1", "1"});
-    expect_invalid(call(4, p, g, m, v, 1e-3f, 0.9f, -0.5f, 1e-8f, 0.01f, 1), {fn, "beta2", "-0.5"});
-    expect_invalid(call(4, p, g, m, v, 1e-3f, 0.9f, 0.999f, -1.0f, 0.01f, 1), {fn, "eps", "-1"});
-    expect_invalid(call(4, p, g, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, kNaN, 1),
-                   {fn, "weight_decay", "nan"});
-    expect_invalid(call(4, p, g, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0), {fn, "step", "0"});
-}
-
 // ---- library-wide behaviour --------------------------------------------------------------------
 
 TEST(Library, StatusNames) {
