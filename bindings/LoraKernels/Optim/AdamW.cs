@@ -44,11 +44,29 @@ public sealed class AdamW : Optimizer
             if (parameter.Value.DType == DType.F32) return;
             StateBuffer master = State.Zeros("master", StateElement.F32, n);
             buffers.Add(master);
-            using Tensor value = Ops.Elementwise.Cast(parameter.Value, DType.F32);
-            Device.Copy(value.Buffer, 0, master.Buffer, 0, value.SizeInBytes);
+            CopyIntoMaster(parameter, master);
         });
 
-    private protected override void Update(IReadOnlyList<ParameterUpdate> updates, float gradScale) =>
+    private void CopyIntoMaster(Parameter parameter, StateBuffer master)
+    {
+        using Tensor value = Ops.Elementwise.Cast(parameter.Value, DType.F32);
+        Device.Copy(value.Buffer, 0, master.Buffer, 0, value.SizeInBytes);
+    }
+
+    private protected override void Update(IReadOnlyList<ParameterUpdate> updates, float gradScale)
+    {
+        // A BF16 value assigned since the master copy was taken (Parameter.Value = t) replaces it, as torch's
+        // param.data = t would be seen by an optimizer stepping the parameter itself.
+        foreach (ParameterUpdate u in updates)
+        {
+            if (u.State.ValueVersion == u.Parameter.Version) continue;
+            if (u.Parameter.Value.DType != DType.F32) CopyIntoMaster(u.Parameter, u.State["master"]);
+            u.State.ValueVersion = u.Parameter.Version;
+        }
+        UpdatePieces(updates, gradScale);
+    }
+
+    private void UpdatePieces(IReadOnlyList<ParameterUpdate> updates, float gradScale) =>
         RunPaged(updates, (pieces, at) =>
         {
             _segments.Clear();

@@ -51,6 +51,9 @@ internal sealed class ParameterState(Parameter parameter, int granule, IReadOnly
     /// <summary>Steps applied to this parameter (it advances only when the parameter has a gradient, as torch's per-parameter step).</summary>
     public long Steps { get; set; }
 
+    /// <summary>The parameter's <see cref="Parameter.Version"/> that state derived from its value (a master copy) was taken from.</summary>
+    public long ValueVersion { get; set; } = parameter.Version;
+
     public long Elements => Parameter.Value.ElementCount;
 
     public long Bytes => Buffers.Sum(b => b.Buffer.SizeInBytes);

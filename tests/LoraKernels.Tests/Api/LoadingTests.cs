@@ -81,4 +81,26 @@ public sealed class LoadingTests(DeviceKind kind)
         Assert.That(e.Message, Does.Contain($"[{outFeatures}, {r}]"));
         Expect.Exact("a refused value changes nothing", layer.B.Value.ToArray(), b);
     }
+
+    /// <summary>
+    /// An optimizer stepping a BF16 parameter keeps an fp32 master copy; after Value is assigned the next step
+    /// starts from the new value (a stale master would put the old weights back). Moments are kept, as torch's.
+    /// </summary>
+    [Test]
+    public void AnAssignedBf16ValueIsWhatTheOptimizerStepsFrom()
+    {
+        float[] first = [1f, -2f, 3f, -4f], assigned = [100f, 200f, -300f, 400f], gradient = [0.5f, -0.5f, 0.25f, -0.25f];
+        using var parameter = new LoraKernels.Autograd.Parameter("w", Tensor.FromArray(Device, first, DType.BF16, 4));
+        using var optimizer = new LoraKernels.Optim.AdamW([parameter], lr: 0.01f, weightDecay: 0f);
+        parameter.Grad = Tensor.FromArray(Device, gradient, 4);
+        Assert.That(optimizer.Step(), Is.True);
+        parameter.Value = Tensor.FromArray(Device, assigned, DType.BF16, 4);
+        Assert.That(parameter.Grad, Is.Null, "assignment drops the gradient");
+        parameter.Grad = Tensor.FromArray(Device, gradient, 4);
+        Assert.That(optimizer.Step(), Is.True);
+        // Each Adam step moves an element by at most lr·(1 + ε-terms) ≈ 0.01; bf16 holds 100..400 to within 2⁻⁸ relative.
+        float[] after = parameter.Value.ToArray();
+        for (int i = 0; i < 4; i++)
+            Assert.That(after[i], Is.EqualTo(assigned[i]).Within(0.02 + Math.Abs(assigned[i]) / 256.0), $"element {i} steps from the assigned value");
+    }
 }
