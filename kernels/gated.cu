@@ -85,7 +85,7 @@ template <class T>
 LK_DEVICE void lk_gated_fold(const T* B, const float* gate, T* B_folded, int out, int r) {
     const lk_i64 total = (lk_i64)out * r;
     for (lk_i64 e = lk_grid_stride_begin(); e < total; e += lk_grid_stride_step())
-        lk_store(B_folded + e, lk_load(B + e) * gate[e % r]);
+        lk_store(B_folded + e, lk_load(B + e) * gate[(int)e % r]);  // e < 2^31: a 32-bit remainder (no 64-bit division)
 }
 
 // Strategy: block b owns columns [32b, 32b + 32); lane = column (a coalesced 32-element row segment
@@ -150,7 +150,7 @@ LK_DEVICE void lk_gated_topk_expand(T* Y, const float* coefficient, const float*
                                     int ld_col, int M, int cols, int k, float dropout_p, lk_u64 seed) {
     const lk_i64 total = (lk_i64)M * cols;
     for (lk_i64 i = lk_grid_stride_begin(); i < total; i += lk_grid_stride_step()) {
-        const int m = (int)(i / cols), c = (int)(i - (lk_i64)m * cols);
+        const int m = (int)i / cols, c = (int)i - m * cols;  // i < 2^31: 32-bit division
         float sum = 0.0f;
         for (int t = 0; t < k; ++t)
             sum += coefficient[m * k + t] * lk_load(rows + (int)expert[m * k + t] * ld_expert + c * ld_col);
@@ -561,7 +561,7 @@ extern "C" __global__ void __launch_bounds__(kGatedThreads) lk_gated_balance_bac
     const float* stats, float* dprobs, int M, int E, float factor) {
     // dprobs[m, j] = factor·stats[j], factor = coefficient·E / M² (computed by the launcher in double).
     const lk_i64 total = (lk_i64)M * E;
-    for (lk_i64 i = lk_grid_stride_begin(); i < total; i += lk_grid_stride_step()) dprobs[i] = factor * stats[i % E];
+    for (lk_i64 i = lk_grid_stride_begin(); i < total; i += lk_grid_stride_step()) dprobs[i] = factor * stats[(int)i % E];
 }
 LK_KERNEL(lk_gated_balance_backward_f32);
 

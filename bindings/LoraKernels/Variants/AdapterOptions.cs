@@ -1,5 +1,5 @@
 // The options Catalogue.Create passes to a variant. Unset values take the variant's defaults
-// (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12).
+// (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12; SoRA alpha = 16).
 using LoraKernels.Layers;
 
 namespace LoraKernels.Variants;
@@ -33,6 +33,17 @@ public sealed record AdapterOptions
     public bool LoKrDecomposeBoth { get; init; }
     /// <summary>Mixture of rank-1 experts: the number of experts (null: r).</summary>
     public int? Experts { get; init; }
+    /// <summary>Mixture of rank-1 experts: experts per token (null: 2).</summary>
+    public int? TopK { get; init; }
+    /// <summary>Mixture of rank-1 experts: route every token to every expert by the softmax (no top-k).</summary>
+    public bool DenseRouting { get; init; }
+    /// <summary>Mixture of rank-1 experts: the load-balancing loss's weight (null: 0.01).</summary>
+    public float? BalanceCoefficient { get; init; }
+    /// <summary>
+    /// Mixture of rank-1 experts: the pool shared by every module of one width (RankOneExpertPool.Create), owned by the
+    /// caller; null gives each layer a pool of its own.
+    /// </summary>
+    public RankOneExpertPool? ExpertPool { get; init; }
 
     internal float AlphaOrDefault => Alpha ?? 8f;
 }
