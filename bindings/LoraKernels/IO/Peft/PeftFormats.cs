@@ -1,7 +1,7 @@
 // PEFT's checkpoint naming, one row per tuner (REFERENCE.md §9.2): which tensors a targeted module
 // holds (the component after the module path, in the saved form without the adapter name), their
 // shapes, and which tensors are shared by the whole model. Reading, writing, attaching and merging
-// all go through this table, so a tuner that lands later (LoKr, AdaLoRA) plugs in by flipping its
+// all go through this table, so a tuner that lands later (LoKr) plugs in by flipping its
 // row to available and giving it a layer; until then its files load and inspect, and using them
 // with layers says what is pending.
 namespace LoraKernels.IO.Peft;
@@ -122,8 +122,7 @@ public static class PeftFormats
         ],
         RankField = "init_r",
         DefaultRank = 12,
-        Available = false,
-        Pending = "this build has no AdaLoRA layer yet (catalogue 'adalora', a later issue); AdaLoRA files can be read, inspected and written",
+        Available = true,
     };
 
     /// <summary>Every tuner this library knows the checkpoint format of.</summary>
