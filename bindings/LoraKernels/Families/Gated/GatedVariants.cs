@@ -55,7 +55,7 @@ internal static class GatedVariants
         },
         new()
         {
-            Name = "auto-rank", DisplayName = "MiRA (automatic r/α search)", Aliases = ["mira", "autolora"], Family = VariantFamily.Automation,
+            Name = "auto-rank", DisplayName = "MiRA (automatic r/alpha search)", Aliases = ["mira", "autolora"], Family = VariantFamily.Automation,
             Paper = new("AutoLoRA: Automatically Tuning Matrix Ranks in Low-Rank Adaptation Based on Meta Learning", 2024, "2403.09113",
                         "the guide's \"MiRA\" (mirror descent for LoRA automation: a bilevel search over r and α) was not found as a paper; " +
                         "AutoLoRA (a bilevel search over per-rank selection variables) is the nearest published method; this follows the guide " +
