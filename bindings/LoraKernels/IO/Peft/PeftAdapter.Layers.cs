@@ -46,7 +46,7 @@ public sealed partial class PeftAdapter
     /// needs a module. VeRA layers must share one VeraProjections, which receives the saved projections.
     /// </summary>
     /// <exception cref="AdapterMismatchException">A module without a layer, a targeted layer without a module, a shape, rank, scale or variant that differs.</exception>
-    /// <exception cref="NotSupportedException">A tuner without a layer in this build (LoKr, AdaLoRA), lora_bias, or fan_in_fan_out.</exception>
+    /// <exception cref="NotSupportedException">A tuner without a layer in this build (LoKr), lora_bias, or fan_in_fan_out.</exception>
     public void ApplyTo(IReadOnlyDictionary<string, IAdapterLayer> layers)
     {
         ArgumentNullException.ThrowIfNull(layers);
