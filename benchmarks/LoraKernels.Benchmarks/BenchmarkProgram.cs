@@ -30,6 +30,10 @@ public static class BenchmarkProgram
             types.Add(typeof(CpuHostSharingBenchmarks));
             types.Add(typeof(KronBenchmarks));
             types.Add(typeof(TuckerConvBenchmarks));
+            types.Add(typeof(GatedBenchmarks));
+            types.Add(typeof(GatedPruningBenchmarks));
+            types.Add(typeof(GatedScalingBenchmarks));
+            types.Add(typeof(GatedDenseScalingBenchmarks));
         }
         else
         {
@@ -70,7 +74,7 @@ public static class BenchmarkProgram
 
         string table = ResultTable.Render(summaries, MachinePeaks.Current) + Nf4Benchmarks.Table(summaries, MachinePeaks.Current)
                        + DoraBenchmarks.Table(summaries) + KronBenchmarks.Table(summaries) + TuckerConvBenchmarks.Table(summaries)
-                       + OptimizerBenchmarks.Table(summaries, MachinePeaks.Current);
+                       + OptimizerBenchmarks.Table(summaries, MachinePeaks.Current) + GatedBenchmarks.Table(summaries);
         Console.WriteLine();
         Console.WriteLine(table);
         string tablePath = Path.Combine(summaries[0].ResultsDirectoryPath, "LoraKernels-summary.md");

@@ -16,11 +16,12 @@ return DemoProgram.Run(args);
 internal static class DemoProgram
 {
     private const string Usage =
-        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --conv | --catalogue]\n" +
+        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --gated | --conv | --catalogue]\n" +
         "  --device  where the kernels run (default: LORAKERNELS_DEVICE, else cuda if present, else cpu)\n" +
         "  --steps   AdamW steps (default 500; simt, the emulator, takes about ten seconds for them)\n" +
         "  --out     folder for loss.png (default out/demo under the current directory)\n" +
         "  --compare train every available variant on the same task and budget; print a table, write variants.png\n" +
+        "  --gated   the gated-rank variants (SoRA, AdaLoRA, the mixture of rank-1 experts, MiRA) beside LoRA; write gated.png\n" +
         "  --conv    fine-tune a small CNN with conv-LoRA, LoKr and Tucker adapters side by side (default 150 steps); write conv.png\n" +
         "  --catalogue  print the catalogue of variants and exit";
 
@@ -28,7 +29,9 @@ internal static class DemoProgram
     {
         int? steps = null;
         string outputDirectory = Path.Combine(Environment.CurrentDirectory, "out", "demo");
-        bool compare = false, conv = false;
+        IReadOnlyList<string>? compared = null;
+        string plotName = "variants.png";
+        bool conv = false;
         string? deviceName = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -43,7 +46,9 @@ internal static class DemoProgram
                 case var option when option.StartsWith("--device=", StringComparison.Ordinal):
                     deviceName = option["--device=".Length..]; break;
                 case "--compare":
-                    compare = true; break;
+                    compared = VariantComparison.Variants; break;
+                case "--gated":
+                    compared = VariantComparison.GatedVariants; plotName = "gated.png"; break;
                 case "--conv":
                     conv = true; break;
                 case "--catalogue":
@@ -59,7 +64,7 @@ internal static class DemoProgram
         if (conv) return LoraKernels.Demo.ConvSection.Run(device, steps ?? 150, outputDirectory);
         int stepCount = steps ?? 500;
         var options = new TrainerOptions { ScheduleSteps = stepCount };
-        if (compare) return CompareVariants(device, options, stepCount, outputDirectory);
+        if (compared is not null) return CompareVariants(device, options, stepCount, outputDirectory, compared, plotName);
         Console.WriteLine($"LoraKernels demo on {device.Name}");
         Console.WriteLine($"  frozen MLP {options.InFeatures} → {options.HiddenFeatures} → {options.OutFeatures} (ReLU); " +
                           $"teacher adds a hidden rank-{options.HiddenRank} change to each layer; " +
@@ -116,15 +121,16 @@ internal static class DemoProgram
         return final < initial && qloraLearned ? 0 : 1;
     }
 
-    /// <summary>The --compare mode: every available variant on the demo's task, one table and one plot.</summary>
-    private static int CompareVariants(Device device, TrainerOptions options, int stepCount, string outputDirectory)
+    /// <summary>The --compare and --gated modes: the variants on the demo's task, one table and one plot.</summary>
+    private static int CompareVariants(Device device, TrainerOptions options, int stepCount, string outputDirectory,
+                                       IReadOnlyList<string> names, string plotName)
     {
         Console.WriteLine($"LoraKernels variant comparison on {device.Name}: {stepCount} steps each, batch {options.BatchSize}, " +
                           $"r = {options.Rank} (VeRA 256), alpha = {options.Alpha}");
         var clock = Stopwatch.StartNew();
-        var results = VariantComparison.Run(device, options, stepCount, name => Console.WriteLine($"  training {name} ..."));
+        var results = VariantComparison.Run(device, options, stepCount, name => Console.WriteLine($"  training {name} ..."), names);
         Directory.CreateDirectory(outputDirectory);
-        string plotPath = Path.Combine(outputDirectory, "variants.png");
+        string plotPath = Path.Combine(outputDirectory, plotName);
         PngWriter.Write(plotPath, VariantComparison.Plot(results, device));
         Console.WriteLine(VariantComparison.FormatTable(results));
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"wall time {clock.Elapsed.TotalSeconds:0.0} s; loss curves: {plotPath}"));

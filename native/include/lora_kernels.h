@@ -145,5 +145,6 @@ LK_API lk_status lk_simt_set_num_threads(int32_t n);
 #include "lora_kernels_tucker.h"
 #include "lora_kernels_conv.h"
 #include "lora_kernels_optim.h"
+#include "lora_kernels_gated.h"
 
 #endif /* LORA_KERNELS_H */

@@ -32,6 +32,8 @@ internal static class TrainingSample
                 ok &= Report("QLoRA (NF4 base, double quant)", Train(qlora, inputs, labels));
             using (var dora = new DoraLinear(Device.Cpu, w0, null, options))
                 ok &= Report("DoRA, own loss via Backward(y, dy)", Train(dora, inputs, labels, ownLoss: true));
+            using (var lora = new LoraLinear(Device.Cpu, w0, null, options))
+                ok &= Report("LoRA+, 8-bit AdamW, paged state", Train(lora, inputs, labels, PagedEightBit(lora, 4 * Steps), accumulation: 4));
         }
         return ok;
     }
@@ -63,12 +65,28 @@ internal static class TrainingSample
 
     // The same loop for any adapter layer; ownLoss computes the loss and its gradient outside the tape
     // (as a user with a loss of their own would) and starts the backward pass from it.
-    private static (float First, float Last) Train(IAdapterLayer layer, float[] inputs, int[] labels, bool ownLoss = false)
+    private static (float First, float Last) Train(IAdapterLayer layer, float[] inputs, int[] labels, bool ownLoss = false) =>
+        Train(layer, inputs, labels, new AdamW(layer.Parameters(), lr: 1e-2f), accumulation: 1, ownLoss);
+
+    // README.md's optimizer example, word for word (the "optimizer" region).
+    private static Optimizer PagedEightBit(IAdapterLayer layer, int steps)
     {
-        using var optimizer = new AdamW(layer.Parameters(), lr: 1e-2f);
+        #region optimizer
+        var optimizer = new AdamW8bit(LoraPlus.Groups(layer.Parameters(), lr: 2e-3f), paging: new StatePaging(256L << 20))
+        {
+            MaxGradNorm = 1f, AccumulationSteps = 4, Schedule = LearningRateSchedule.Cosine(totalSteps: steps / 4, warmupSteps: 2),
+        };
+        #endregion
+        return optimizer;
+    }
+
+    private static (float First, float Last) Train(IAdapterLayer layer, float[] inputs, int[] labels, Optimizer optimizer, int accumulation,
+                                                   bool ownLoss = false)
+    {
+        using Optimizer owned = optimizer;
         using var x = Tensor.FromArray(layer.Device, inputs, Tokens, InFeatures);
         float first = 0, last = 0;
-        for (int step = 0; step < Steps; step++)
+        for (int step = 0; step < Steps * accumulation; step++)
         {
             using var tape = new Tape();
             Variable logits = layer.Forward(tape, new Variable(x));
@@ -84,8 +102,7 @@ internal static class TrainingSample
                 tape.Backward();
             }
             if (step == 0) first = last;
-            optimizer.Step();
-            optimizer.ZeroGrad();
+            if (optimizer.Step()) optimizer.ZeroGrad();  // false while gradients accumulate
         }
         return (first, last);
     }

@@ -9,7 +9,7 @@
 //
 // Exit codes (stable, for scripts): 0 success; 2 usage error; 3 invalid input file (malformed
 // safetensors or PEFT files); 4 adapter does not fit the model (AdapterMismatchException);
-// 5 not supported in this build (e.g. LoKr, AdaLoRA); 6 file system error (missing file,
+// 5 not supported in this build (e.g. LoKr); 6 file system error (missing file,
 // permission); 1 any other failure. Errors go to stderr as "lora: <message>"; with --json, stdout
 // holds only the JSON result.
 using LoraKernels.Cli;

@@ -11,12 +11,13 @@ namespace LoraKernels.Demo.Comparison;
 
 /// <summary>One variant's result on the demo's task.</summary>
 public sealed record ComparisonResult(string Variant, long TrainableParameters, long AdapterBytes, float FinalLoss,
-                                      double StepsPerSecond, long PeakLiveBytes, IReadOnlyList<float> Losses);
+                                      double StepsPerSecond, long PeakLiveBytes, IReadOnlyList<float> Losses, string Rank, double Seconds);
 
 /// <summary>
 /// The demo's task (a frozen MLP learning its teacher's hidden rank-4 change; see LoraMlpTrainer) trained
 /// once per available variant of the catalogue, with the same steps, batches, rank and learning-rate
-/// schedule: LoRA, rsLoRA, DoRA, VeRA, PiSSA, LoRA-FA, LoRA+, QLoRA, LoKr and FLoRA. Each run builds its students
+/// schedule: LoRA, rsLoRA, DoRA, VeRA, PiSSA, LoRA-FA, LoRA+, QLoRA, LoKr, FLoRA and the gated-rank variants (SoRA,
+/// AdaLoRA, the mixture of rank-1 experts, MiRA; GatedTraining adds their own steps and runs MiRA's search). Each run builds its students
 /// with Catalogue.Create over the same base weights and its own optimizer: AdamW (lr 1e-2, cosine to a
 /// tenth, no weight decay), LoRA+'s groups for LoRA+ (A at lr/4, B at 16× that). VeRA uses its own
 /// default rank, 256 (its r sizes the frozen shared projections; at r = 8 it trains only 8 + out
@@ -29,16 +30,22 @@ public static class VariantComparison
     private const float LoraPlusRatio = 16f;
     private const float LoraPlusLearningRateDivisor = 4f;
     private const int VeraRank = 256;
+    // The mixture of rank-1 experts routes each token to 4 of its r = 8 experts: the teacher's change has rank 4.
+    private const int MixtureTopK = 4;
 
     /// <summary>The catalogue names compared, in the table's order (those the catalogue lists as available).</summary>
     public static IReadOnlyList<string> Variants { get; } =
-        new[] { "lora", "rslora", "dora", "vera", "pissa", "lora-fa", "lora+", "qlora", "lokr", "flora" }
+        new[] { "lora", "rslora", "dora", "vera", "pissa", "lora-fa", "lora+", "qlora", "lokr", "flora", "sora", "adalora", "mixture-rank1", "auto-rank" }
             .Where(name => Catalogue.Get(name).IsAvailable).ToArray();
 
-    public static IReadOnlyList<ComparisonResult> Run(Device device, TrainerOptions options, int steps, Action<string>? progress = null)
+    /// <summary>The gated-rank variants beside LoRA (the demo's --gated table).</summary>
+    public static IReadOnlyList<string> GatedVariants { get; } = ["lora", "sora", "adalora", "mixture-rank1", "auto-rank"];
+
+    public static IReadOnlyList<ComparisonResult> Run(Device device, TrainerOptions options, int steps, Action<string>? progress = null,
+                                                      IReadOnlyList<string>? names = null)
     {
         var results = new List<ComparisonResult>();
-        foreach (string name in Variants)
+        foreach (string name in names ?? Variants)
         {
             progress?.Invoke(name);
             results.Add(RunOne(device, options, steps, name));
@@ -53,15 +60,17 @@ public static class VariantComparison
     /// <summary>The results as a text table.</summary>
     public static string FormatTable(IReadOnlyList<ComparisonResult> results)
     {
-        var rows = new List<string[]> { new[] { "variant", "trainable params", "adapter bytes", "final loss", "steps/s", "peak memory" } };
+        var rows = new List<string[]> { new[] { "variant", "trainable params", "rank", "adapter bytes", "final loss", "steps/s", "time", "peak memory" } };
         foreach (ComparisonResult r in results)
         {
             rows.Add([
                 r.Variant,
                 r.TrainableParameters.ToString("N0", CultureInfo.InvariantCulture),
+                r.Rank,
                 r.AdapterBytes.ToString("N0", CultureInfo.InvariantCulture),
                 r.FinalLoss.ToString("0.000e+00", CultureInfo.InvariantCulture),
                 r.StepsPerSecond.ToString("0.0", CultureInfo.InvariantCulture),
+                string.Create(CultureInfo.InvariantCulture, $"{r.Seconds:0.0} s"),
                 string.Create(CultureInfo.InvariantCulture, $"{r.PeakLiveBytes / 1048576.0:0.00} MiB"),
             ]);
         }
@@ -83,6 +92,7 @@ public static class VariantComparison
             var adapterOptions = new AdapterOptions
             {
                 Rank = name == "vera" ? VeraRank : options.Rank, Alpha = options.Alpha, VeraProjections = projections,
+                TopK = MixtureTopK,
             };
             var students = new IAdapterLayer[2];
             var teachers = new LoraLinear[2];
@@ -91,12 +101,15 @@ public static class VariantComparison
                 (students[layer], teachers[layer]) = CreateLayerPair(device, options, random, shapes[layer].In, shapes[layer].Out,
                                                                      name, adapterOptions with { Seed = options.Seed + (ulong)layer + 1 }, owned);
             }
+            if (name == "auto-rank")
+                return GatedTraining.RunMira(device, options, steps, students, teachers, Catalogue.Get(name).DisplayName, before);
             Parameter[] parameters = students.SelectMany(s => s.Parameters()).ToArray();
             AdamW optimizer = Own(owned, name == "lora+"
                 ? LoraPlus.CreateOptimizer(parameters, options.LearningRate / LoraPlusLearningRateDivisor, LoraPlusRatio)
                 : new AdamW(parameters, lr: options.LearningRate, weightDecay: 0f));
             optimizer.Schedule = LearningRateSchedule.Cosine(Math.Max(1, steps - 1), minimumFactor: 0.1);
             using var tape = new Tape();
+            using GatedTraining extras = GatedTraining.For(name, students, steps);
 
             var losses = new List<float>(steps);
             long peak = 0;
@@ -111,9 +124,11 @@ public static class VariantComparison
                 Variable hidden = tape.Relu(students[0].Forward(tape, new Variable(x)));
                 Variable prediction = students[1].Forward(tape, hidden);
                 float loss = tape.MseLoss(prediction, target);
+                extras.AddLosses(tape);
                 tape.Backward();
                 peak = Math.Max(peak, device.LiveBytes - before);
                 optimizer.Step();
+                extras.AfterStep(step, optimizer.Groups[0].LearningRate);
                 peak = Math.Max(peak, device.LiveBytes - before);
                 optimizer.ZeroGrad();
                 if (!float.IsFinite(loss)) throw new InvalidOperationException($"{name}: the loss is {loss} at step {step + 1}.");
@@ -126,7 +141,7 @@ public static class VariantComparison
             int tail = Math.Min(10, losses.Count);
             float final = (float)losses.Skip(losses.Count - tail).Average();
             return new ComparisonResult(Catalogue.Get(name).DisplayName, parameters.Sum(p => p.Value.ElementCount),
-                                        AdapterBytes(students, projections), final, rate, peak, losses);
+                                        AdapterBytes(students, projections), final, rate, peak, losses, extras.Rank(), elapsed.TotalSeconds);
         }
         finally
         {
@@ -156,7 +171,7 @@ public static class VariantComparison
         return (student, teacher);
     }
 
-    private static Tensor TeacherForward(LoraLinear[] teachers, Tensor x)
+    internal static Tensor TeacherForward(LoraLinear[] teachers, Tensor x)
     {
         using var preActivation = teachers[0].Forward(x);
         using var hidden = Ops.Elementwise.Relu(preActivation);

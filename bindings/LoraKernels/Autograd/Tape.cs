@@ -116,13 +116,33 @@ public sealed class Tape : IDisposable
     }
 
     /// <summary>
+    /// Adds weight·<paramref name="loss"/> (a one-element F32 output of an op recorded on this tape, e.g. a router's
+    /// load-balancing loss or a regulariser) to the loss Backward starts from, and returns weight·loss.
+    /// </summary>
+    public float AddLoss(Variable loss, float weight = 1f)
+    {
+        CheckInput(loss);
+        ThrowIfUnusable();
+        if (loss.Value.ElementCount != 1 || loss.Value.DType != DType.F32)
+            throw new ArgumentException($"Tape.AddLoss: loss must be one F32 value, got {loss.Value.Describe()}", nameof(loss));
+        Ops.Checks.Finite("Tape.AddLoss", nameof(weight), weight);
+        _hasLoss = true;
+        if (loss.RequiresGrad)
+        {
+            Tensor seed = Own(Tensor.FromArray(loss.Value.Device, [weight], [.. loss.Value.Shape]));
+            _backward.Add(() => AccumulateVariable(loss, seed));
+        }
+        return weight * loss.Value.ToArray()[0];
+    }
+
+    /// <summary>
     /// Back-propagates from the recorded loss(es): fills Grad of every parameter and input variable
     /// that requires it. Runs once per recording; Reset the tape to record the next step.
     /// </summary>
     public void Backward()
     {
         ThrowIfUnusable();
-        if (!_hasLoss) throw new InvalidOperationException("Backward needs a loss: record one with MseLoss or CrossEntropyLoss, or call Backward(output, gradient) with your own loss's gradient.");
+        if (!_hasLoss) throw new InvalidOperationException("Backward needs a loss: record one with MseLoss, CrossEntropyLoss or AddLoss, or call Backward(output, gradient) with your own loss's gradient.");
         _backwardDone = true;
         for (int i = _backward.Count - 1; i >= 0; i--) _backward[i]();
     }

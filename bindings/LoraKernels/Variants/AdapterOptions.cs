@@ -2,7 +2,7 @@
 // (r → Rank, lora_alpha → Alpha, lora_dropout → Dropout, use_rslora → UseRsLora, init_lora_weights →
 // Init; PeftConfig.ToAdapterOptions does it for a saved config). The LoRA-family layers take it in a
 // constructor, and Catalogue.Create passes it to any variant. Unset values take the variant's
-// defaults (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12).
+// defaults (REFERENCE.md: PEFT's LoraConfig r = 8, lora_alpha = 8; VeRA r = 256; AdaLoRA init_r = 12; SoRA alpha = 16).
 using LoraKernels.Layers;
 
 namespace LoraKernels.Variants;
@@ -44,6 +44,17 @@ public sealed record AdapterOptions
     public TuckerFactors? TuckerFactors { get; init; }
     /// <summary>Mixture of rank-1 experts: the number of experts (null: r).</summary>
     public int? Experts { get; init; }
+    /// <summary>Mixture of rank-1 experts: experts per token (null: 2).</summary>
+    public int? TopK { get; init; }
+    /// <summary>Mixture of rank-1 experts: route every token to every expert by the softmax (no top-k).</summary>
+    public bool DenseRouting { get; init; }
+    /// <summary>Mixture of rank-1 experts: the load-balancing loss's weight (null: 0.01).</summary>
+    public float? BalanceCoefficient { get; init; }
+    /// <summary>
+    /// Mixture of rank-1 experts: the pool shared by every module of one width (RankOneExpertPool.Create), owned by the
+    /// caller; null gives each layer a pool of its own.
+    /// </summary>
+    public RankOneExpertPool? ExpertPool { get; init; }
 
     internal float AlphaOrDefault => Alpha ?? 8f;
     internal int RankOrDefault => Rank ?? 8;

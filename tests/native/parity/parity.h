@@ -199,4 +199,14 @@ inline ::testing::AssertionResult Near(const std::string& what, const std::vecto
     return ::testing::AssertionSuccess();
 }
 
+// Near's tolerance plus extra·extra_bound[i]: for a kernel sequence that rounds an intermediate to
+// bf16 where the CPU keeps fp32 (extra = 2^-8 per such rounding, extra_bound = Σ|terms| it touches).
+inline ::testing::AssertionResult NearWithExtra(const std::string& what, const std::vector<float>& got,
+                                                const std::vector<float>& want, const std::vector<float>& bound, double K,
+                                                double out_rounding, const std::vector<float>& extra_bound, double extra) {
+    std::vector<float> widened = bound;  // Near's accumulation term is 2·K·2^-24·bound
+    for (size_t i = 0; i < widened.size(); ++i) widened[i] += (float)(extra * extra_bound[i] / (2.0 * K * kF32Unit));
+    return Near(what, got, want, widened, K, out_rounding);
+}
+
 }  // namespace parity

@@ -74,16 +74,6 @@ struct Inputs {
     }
 };
 
-// parity::Near's tolerance plus extra·adapter_bound[i].
-::testing::AssertionResult NearVera(const std::string& what, const std::vector<float>& got, const std::vector<float>& want,
-                                    const std::vector<float>& bound, double K, double out_rounding,
-                                    const std::vector<float>& adapter_bound, double extra) {
-    std::vector<float> widened = bound;  // Near's accumulation term is 2·K·2^-24·bound
-    for (size_t i = 0; i < widened.size(); ++i)
-        widened[i] += (float)(extra * adapter_bound[i] / (2.0 * K * parity::kF32Unit));
-    return parity::Near(what, got, want, widened, K, out_rounding);
-}
-
 // The launcher's fold: B' always, A_dense only when the slice is strided (extra_in > 0).
 struct Folded {
     Buffer A_dense, B_folded;
@@ -155,7 +145,7 @@ TEST_P(VeraParity, ForwardMatchesCpu) {
                            f.B_folded.data(), y.data(), c.M, c.in, c.out, c.r, scale));
     }
     EXPECT_TRUE(parity::Near("u", u.values(), want_u, bound_u, c.in, 0.0));
-    EXPECT_TRUE(NearVera("y", y.values(), want_y, bound_y, y_chain, out_rounding, adapter_y, extra));
+    EXPECT_TRUE(parity::NearWithExtra("y", y.values(), want_y, bound_y, y_chain, out_rounding, adapter_y, extra));
 }
 
 TEST_P(VeraParity, BackwardMatchesCpu) {
@@ -209,9 +199,9 @@ TEST_P(VeraParity, BackwardMatchesCpu) {
                        {(uint32_t)parity::CeilDiv(c.r, 32), 1}, kVeraThreads, 0, G.data(), in.vera_B.data(),
                        in.lambda_b.data(), dd.data(), c.out, c.r));
 
-    EXPECT_TRUE(NearVera("dx", dx.values(), want.dx, bound.dx, c.out + c.r + 2, out_rounding, adapter.dx, extra));
-    EXPECT_TRUE(NearVera("dlambda_d", dd.values(), want.dd, bound.dd, c.M + c.out + 2, out_rounding, bound.dd, extra));
-    EXPECT_TRUE(NearVera("dlambda_b", db.values(), want.db, bound.db, c.M + c.r + 2, out_rounding, bound.db, extra));
+    EXPECT_TRUE(parity::NearWithExtra("dx", dx.values(), want.dx, bound.dx, c.out + c.r + 2, out_rounding, adapter.dx, extra));
+    EXPECT_TRUE(parity::NearWithExtra("dlambda_d", dd.values(), want.dd, bound.dd, c.M + c.out + 2, out_rounding, bound.dd, extra));
+    EXPECT_TRUE(parity::NearWithExtra("dlambda_b", db.values(), want.db, bound.db, c.M + c.r + 2, out_rounding, bound.db, extra));
 }
 
 // Merge has no dropout, so it runs once per shape and dtype.
@@ -236,7 +226,7 @@ TEST_P(VeraMergeParity, MergeAndUnmergeMatchCpu) {
         Buffer W = in.W0;
         ASSERT_TRUE(Launch(parity::KernelName("lk_lora_merge", c.dtype).c_str(), parity::TileGrid(c.out, c.in),
                            parity::kTileThreads, 0, W.data(), f.A, f.B_folded.data(), c.out, c.in, c.r, scale));
-        EXPECT_TRUE(NearVera("W", W.values(), want, bound, c.r + 3, bf16 ? parity::kBf16Rounding : 0.0, adapter,
+        EXPECT_TRUE(parity::NearWithExtra("W", W.values(), want, bound, c.r + 3, bf16 ? parity::kBf16Rounding : 0.0, adapter,
                              bf16 ? kBf16Intermediate : 0.0));
     }
 }

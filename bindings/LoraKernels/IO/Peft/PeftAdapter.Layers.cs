@@ -47,7 +47,7 @@ public sealed partial class PeftAdapter
     /// needs a module. VeRA layers must share one VeraProjections, which receives the saved projections.
     /// </summary>
     /// <exception cref="AdapterMismatchException">A module without a layer, a targeted layer without a module, a shape, rank, scale or variant that differs.</exception>
-    /// <exception cref="NotSupportedException">A tuner without a layer in this build (AdaLoRA), lora_bias, or fan_in_fan_out.</exception>
+    /// <exception cref="NotSupportedException">A tuner without a layer in this build (its PeftFormats row is not available), lora_bias, or fan_in_fan_out.</exception>
     public void ApplyTo(IReadOnlyDictionary<string, IAdapterLayer> layers)
     {
         ArgumentNullException.ThrowIfNull(layers);
@@ -101,8 +101,9 @@ public sealed partial class PeftAdapter
     /// <summary>
     /// A PEFT adapter holding the weights of <paramref name="layers"/> (module path → layer): LoRA, rsLoRA,
     /// LoRA-FA, LoRA+ and QLoRA layers as LORA, DoRA and QDoRA as LORA with use_dora, VeRA layers (sharing
-    /// one VeraProjections) as VERA with the projections saved, LoKr layers as LOKR. Ranks or alphas that differ between layers
-    /// go into rank_pattern / alpha_pattern keyed by module path.
+    /// one VeraProjections) as VERA with the projections saved, LoKr layers as LOKR, AdaLoRA layers as ADALORA (each sliced to
+    /// the triplets its RankPattern keeps, PEFT's rank_pattern). Ranks or alphas that differ between LoRA layers go into
+    /// rank_pattern / alpha_pattern keyed by module path.
     /// </summary>
     public static PeftAdapter FromLayers(IEnumerable<KeyValuePair<string, IAdapterLayer>> layers, PeftExportOptions? options = null)
     {
@@ -152,6 +153,8 @@ public sealed partial class PeftAdapter
         }
 
         if (list.All(p => p.Value is LokrLinear)) return FromLokrLayers(list.Select(p => (p.Key, (LokrLinear)p.Value)).ToList(), fields, Tensor);
+        if (list.All(p => p.Value is AdaLoraLinear))
+            return AdaLoraAdapter(list.Select(p => (p.Key, (AdaLoraLinear)p.Value)).ToList(), fields, options);
 
         var adapters = list.Select(p => (Path: p.Key, Pair: RankPair(p.Key, p.Value))).ToList();
         bool dora = adapters[0].Pair.Magnitude is not null;
@@ -230,6 +233,51 @@ public sealed partial class PeftAdapter
     };
 
     /// <summary>
+    /// The ADALORA adapter of AdaLoRA layers, as PEFT saves one after training: each module's lora_A rows, lora_E [r', 1]
+    /// and lora_B columns of the triplets its RankPattern keeps (all when it has none), rank_pattern naming them per
+    /// module, init_r = the layers' ranknum, target_r = the largest kept rank and total_step = 1 (the schedule is not
+    /// in the weights; PEFT requires total_step &gt; 0). A layer loaded already sliced (rank &lt; ranknum, no pattern) is
+    /// written with its leading flags set: which of PEFT's init_r triplets are overwritten on load does not matter.
+    /// </summary>
+    private static PeftAdapter AdaLoraAdapter(List<(string Path, AdaLoraLinear Layer)> layers, JsonObject fields, PeftExportOptions options)
+    {
+        int rankNum = layers[0].Layer.RankNum;
+        float alpha = layers[0].Layer.Alpha;
+        if (layers.Any(l => l.Layer.RankNum != rankNum || l.Layer.Alpha != alpha))
+            throw new ArgumentException("AdaLoRA layers of one adapter share init_r (ranknum) and lora_alpha (one config per adapter).", nameof(layers));
+        var tensors = new List<PeftTensor>();
+        var rankPattern = new JsonObject();
+        int largest = 0;
+        foreach (var (path, layer) in layers)
+        {
+            bool[] keep = layer.RankPattern ?? Enumerable.Range(0, layer.Rank).Select(i => true).ToArray();
+            int[] kept = Enumerable.Range(0, keep.Length).Where(i => keep[i]).ToArray();
+            largest = Math.Max(largest, kept.Length);
+            if (kept.Length < rankNum)
+            {
+                bool[] flags = layer.RankPattern ?? Enumerable.Range(0, rankNum).Select(i => i < layer.Rank).ToArray();
+                rankPattern[path + ".lora_E"] = new JsonArray(flags.Select(f => (JsonNode?)JsonValue.Create(f)).ToArray());
+            }
+            float[] a = layer.A.Value.ToArray(), e = layer.E.Value.ToArray(), b = layer.B.Value.ToArray();
+            int inFeatures = layer.InFeatures, outFeatures = layer.OutFeatures;
+            float[] keptA = kept.SelectMany(i => a.AsSpan(i * inFeatures, inFeatures).ToArray()).ToArray();
+            float[] keptB = new float[(long)outFeatures * kept.Length];
+            for (int n = 0; n < outFeatures; n++)
+                for (int j = 0; j < kept.Length; j++) keptB[(long)n * kept.Length + j] = b[(long)n * layer.Rank + kept[j]];
+            tensors.Add(new PeftTensor(PeftKeys.Format(path, "lora_A"), options.DType, [kept.Length, inFeatures], keptA));
+            tensors.Add(new PeftTensor(PeftKeys.Format(path, "lora_E"), options.DType, [kept.Length, 1], kept.Select(i => e[i]).ToArray()));
+            tensors.Add(new PeftTensor(PeftKeys.Format(path, "lora_B"), options.DType, [outFeatures, kept.Length], keptB));
+        }
+        fields["init_r"] = rankNum;
+        fields["target_r"] = largest;
+        fields["total_step"] = 1;
+        fields["lora_alpha"] = PeftConfig.Number(alpha);
+        fields["lora_dropout"] = PeftConfig.Number(layers[0].Layer.Dropout);
+        fields["rank_pattern"] = rankPattern.Count == 0 ? null : rankPattern;
+        return Create(PeftConfig.Create("ADALORA", fields), tensors);
+    }
+
+    /// <summary>
     /// A dense F32 layer of this adapter's variant over <paramref name="w0"/> (no bias, no dropout) holding the
     /// module's weights, for merging: its Merge is the library's merge of that variant.
     /// </summary>
@@ -239,6 +287,7 @@ public sealed partial class PeftAdapter
         {
             "vera" => new VeraLinear(device, w0, null, projections!, 0f, Config.DInitial),
             "lokr" => NewLokrLayer(module, device, w0, null, DType.F32),
+            "adalora" => new AdaLoraLinear(device, w0, null, module.Rank, Config.Rank, module.Alpha),
             "dora" => new DoraLinear(device, w0, null, module.Rank, module.Alpha, 0f, Config.UseRsLora),
             _ => new LoraLinear(device, w0, null, module.Rank, module.Alpha, 0f, Config.UseRsLora),
         };
@@ -272,6 +321,9 @@ public sealed partial class PeftAdapter
             case LokrLinear lokr:
                 lokr.Merge();
                 return lokr.W0;
+            case GatedRankLinear gated:
+                gated.Merge();
+                return gated.W0;
             default:
                 throw new NotSupportedException($"{layer.GetType().Name} has no merge.");
         }
@@ -283,6 +335,7 @@ public sealed partial class PeftAdapter
         DoraLinear d => d.Merged,
         VeraLinear v => v.Merged,
         LokrLinear k => k.Merged,
+        GatedRankLinear g => g.Merged,
         _ => false,
     };
 
@@ -339,6 +392,10 @@ public sealed partial class PeftAdapter
                 if (weight.Quantized is not null)
                     throw new NotSupportedException($"module \"{module.Path}\": VeRA over a 4-bit base has no layer in this build; dequantize the base first.");
                 return new VeraLinear(device, weight.Dense!, weight.Bias, projections!, dropout, Config.DInitial, dtype);
+            case "adalora":
+                if (weight.Quantized is not null)
+                    throw new NotSupportedException($"module \"{module.Path}\": AdaLoRA over a 4-bit base has no layer in this build; dequantize the base first.");
+                return new AdaLoraLinear(device, weight.Dense!, weight.Bias, module.Rank, Config.Rank, module.Alpha, dropout, dtype: dtype);
             case "dora":
                 return weight.Quantized is not null
                     ? new DoraLinear(device, weight.TakeQuantized(), weight.Bias, module.Rank, module.Alpha, dropout, Config.UseRsLora)
@@ -370,17 +427,26 @@ public sealed partial class PeftAdapter
                 vera.LambdaB.Value.CopyFrom(module["vera_lambda_b"]!.Values);
                 vera.LambdaD.Value.CopyFrom(module["vera_lambda_d"]!.Values);
                 return;
+            case AdaLoraLinear adaLora when Variant == "adalora":
+                if (adaLora.Rank != module.Rank || adaLora.RankNum != Config.Rank)
+                    throw new AdapterMismatchException(module.Path,
+                        $"the layer holds {adaLora.Rank} of {adaLora.RankNum} triplets, the adapter {module.Rank} of init_r = {Config.Rank}");
+                CheckRankAndScale(module, adaLora.Rank, adaLora.Scale);
+                adaLora.A.Value.CopyFrom(module["lora_A"]!.Values);
+                adaLora.E.Value.CopyFrom(module["lora_E"]!.Values);
+                adaLora.B.Value.CopyFrom(module["lora_B"]!.Values);
+                return;
             case DoraLinear dora when hasMagnitude:
                 CopyPair(module, dora.Rank, dora.Scale, dora.A.Value, dora.B.Value);
                 dora.Magnitude.Value.CopyFrom(module["lora_magnitude_vector"]!.Values);
                 return;
-            case LoraLinear lora when Variant != "vera" && !hasMagnitude:
+            case LoraLinear lora when Variant is not ("vera" or "adalora") && !hasMagnitude:
                 CopyPair(module, lora.Rank, lora.Scale, lora.A.Value, lora.B.Value);
                 return;
-            case LoraFaLinear fa when Variant != "vera" && !hasMagnitude:
+            case LoraFaLinear fa when Variant is not ("vera" or "adalora") && !hasMagnitude:
                 CopyPair(module, fa.Rank, fa.Scale, fa.A, fa.B.Value);
                 return;
-            case QloraLinear qlora when Variant != "vera" && !hasMagnitude:
+            case QloraLinear qlora when Variant is not ("vera" or "adalora") && !hasMagnitude:
                 CopyPair(module, qlora.Rank, qlora.Scale, qlora.A.Value, qlora.B.Value);
                 return;
             default:

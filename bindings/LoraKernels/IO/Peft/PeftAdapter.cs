@@ -219,7 +219,6 @@ public sealed partial class PeftAdapter
             if (!tensors.ContainsKey(required.Component))
                 throw new PeftFormatException(source, PeftKeys.Format(path, required.Component), $"is missing: every {format.PeftType} module has {required.Component} {required.ShapeFormula}");
         float alpha = config.AlphaFor(path);
-        int rank = config.RankFor(path);
         switch (format.PeftType)
         {
             case "LORA":
@@ -228,6 +227,7 @@ public sealed partial class PeftAdapter
                 long r = Dimension(source, a, 2, 0), inFeatures = Dimension(source, a, 2, 1), outFeatures = Dimension(source, b, 2, 0);
                 if (Dimension(source, b, 2, 1) != r)
                     throw new PeftFormatException(source, b.Key, $"is {b.Describe()} but lora_A.weight is {a.Describe()}: B must be [out, r] with A's r = {r}");
+                int rank = config.RankFor(path);
                 if (r != rank)
                     throw new PeftFormatException(source, a.Key, $"has r = {r} rows, but the config gives this module r = {rank} (r / rank_pattern)");
                 ExpectVector(source, tensors, "lora_magnitude_vector", outFeatures, config.UseDora, "use_dora");
@@ -249,11 +249,19 @@ public sealed partial class PeftAdapter
                 long r = Dimension(source, a, 2, 0);
                 if (Dimension(source, e, 2, 0) != r || Dimension(source, e, 2, 1) != 1 || Dimension(source, b, 2, 1) != r)
                     throw new PeftFormatException(source, e.Key, $"lora_A {a.Describe()}, lora_E {e.Describe()} and lora_B {b.Describe()} must be [r, in], [r, 1], [out, r]");
-                float scale = alpha > 0 ? alpha / (config.Rank + 1e-5f) : 1f;
-                return new PeftModule(path, tensors, (int)r, alpha, scale, Int(Dimension(source, a, 2, 1)), Int(Dimension(source, b, 2, 0)));
+                // The saved triplets: all init_r, or those the module's rank_pattern entry keeps (PEFT slices on save).
+                int initR = config.Rank;
+                long kept = config.KeptRanks.TryGetValue(path + ".lora_E", out bool[]? pattern) ? pattern.Count(k => k) : initR;
+                if (pattern is not null && pattern.Length != initR)
+                    throw new PeftFormatException(source, "rank_pattern", $"entry \"{path}.lora_E\" has {pattern.Length} flags; init_r is {initR}");
+                if (r != kept)
+                    throw new PeftFormatException(source, a.Key,
+                        $"has {r} triplets, but {(pattern is null ? $"init_r is {initR} and rank_pattern has no entry \"{path}.lora_E\"" : $"rank_pattern keeps {kept} of them")}");
+                return new PeftModule(path, tensors, (int)r, alpha, AdaLoraLinear.ScaleOf(alpha, initR), Int(Dimension(source, a, 2, 1)),
+                                      Int(Dimension(source, b, 2, 0)));
             }
             default:
-                return ValidateLokr(source, path, tensors, rank, alpha);
+                return ValidateLokr(source, path, tensors, config.RankFor(path), alpha);
         }
     }
 
@@ -388,6 +396,7 @@ public sealed partial class PeftAdapter
     internal string LayerKinds => Variant switch
     {
         "dora" => nameof(DoraLinear),
+        "adalora" => nameof(AdaLoraLinear),
         "vera" => nameof(VeraLinear),
         "lokr" => nameof(LokrLinear),
         _ => $"{nameof(LoraLinear)}, {nameof(LoraFaLinear)} or {nameof(QloraLinear)}",

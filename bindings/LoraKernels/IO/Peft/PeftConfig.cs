@@ -140,8 +140,25 @@ public sealed class PeftConfig
     /// <summary>exclude_modules, with target_modules' matching rules.</summary>
     public PeftModuleSelector? ExcludeModules => Selector("exclude_modules");
 
-    /// <summary>rank_pattern: pattern → r for the modules it matches.</summary>
-    public IReadOnlyDictionary<string, int> RankPattern => Pattern<int>("rank_pattern", v => v.TryGetValue(out int r) && r >= 1 ? r : null);
+    /// <summary>rank_pattern: pattern → r for the modules it matches (LoRA's form; AdaLoRA's is <see cref="KeptRanks"/>).</summary>
+    public IReadOnlyDictionary<string, int> RankPattern => PeftType == "ADALORA"
+        ? new Dictionary<string, int>()
+        : Pattern<int>("rank_pattern", v => v.TryGetValue(out int r) && r >= 1 ? r : null);
+
+    /// <summary>
+    /// AdaLoRA's rank_pattern: the parameter name of each module's Λ ("&lt;module path&gt;.lora_E") → which of its init_r
+    /// triplets were kept (saved tensors hold only those). Empty when the adapter was saved unpruned.
+    /// </summary>
+    public IReadOnlyDictionary<string, bool[]> KeptRanks => _json["rank_pattern"] switch
+    {
+        null => new Dictionary<string, bool[]>(),
+        JsonObject obj => obj.ToDictionary(p => p.Key, p => p.Value is JsonArray array
+            ? array.Select((item, i) => item is JsonValue v && v.TryGetValue(out bool keep) ? keep
+                : throw Error("rank_pattern", $"entry \"{p.Key}\"[{i}] must be true or false, got {Kind(item)}")).ToArray()
+            : throw Error("rank_pattern", $"entry \"{p.Key}\" must be a list of booleans (AdaLoRA's kept triplets), got {Kind(p.Value)}"),
+            StringComparer.Ordinal),
+        var other => throw Error("rank_pattern", $"must be an object (Λ's name → kept triplets), got {Kind(other)}"),
+    };
 
     /// <summary>alpha_pattern: pattern → alpha for the modules it matches.</summary>
     public IReadOnlyDictionary<string, float> AlphaPattern =>

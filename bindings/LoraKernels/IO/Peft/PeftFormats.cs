@@ -1,9 +1,9 @@
 // PEFT's checkpoint naming, one row per tuner (REFERENCE.md §9.2): which tensors a targeted module
 // holds (the component after the module path, in the saved form without the adapter name), their
 // shapes, and which tensors are shared by the whole model. Reading, writing, attaching and merging
-// all go through this table, so a tuner that lands later (AdaLoRA) plugs in by flipping its row to
-// available and giving it a layer; until then its files load and inspect, and using them with layers
-// says what is pending.
+// all go through this table, so a tuner that lands later plugs in by flipping its row to available
+// and giving it a layer; until then its files load and inspect, and using them with layers says what
+// is pending.
 namespace LoraKernels.IO.Peft;
 
 /// <summary>One tensor a targeted module holds in a PEFT checkpoint.</summary>
@@ -121,8 +121,7 @@ public static class PeftFormats
         ],
         RankField = "init_r",
         DefaultRank = 12,
-        Available = false,
-        Pending = "this build has no AdaLoRA layer yet (catalogue 'adalora', a later issue); AdaLoRA files can be read, inspected and written",
+        Available = true,
     };
 
     /// <summary>Every tuner this library knows the checkpoint format of.</summary>
