@@ -83,6 +83,7 @@ internal sealed class ThroughputColumn : IColumn
         if (statistics is null) return "NA";
         if (benchmarkCase.Descriptor.Type == typeof(Nf4Benchmarks)) return "-";  // not LoRA work: Nf4Benchmarks.Table reports it
         if (benchmarkCase.Descriptor.Type == typeof(DoraBenchmarks)) return "-";  // a whole step: DoraBenchmarks.Table reports it
+        if (benchmarkCase.Descriptor.Type == typeof(SegmentedBenchmarks)) return "-";  // mixed adapters: SegmentedBenchmarks.Table reports it
         double seconds = statistics.Mean / 1e9;
         double value = _value(BenchmarkConfig.WorkOf(benchmarkCase), seconds, MachinePeaks.Current);
         return double.IsNaN(value) ? "NA" : value.ToString(value >= 100 ? "F0" : "F1", CultureInfo.InvariantCulture);

@@ -26,6 +26,7 @@ public static class BenchmarkProgram
             types.Add(typeof(CpuLoraBenchmarks));
             types.Add(typeof(Nf4Benchmarks));
             types.Add(typeof(DoraBenchmarks));
+            types.Add(typeof(SegmentedBenchmarks));
         }
         else
         {
@@ -70,7 +71,7 @@ public static class BenchmarkProgram
         if (summaries.Length == 0 || summaries.All(s => s.BenchmarksCases.Length == 0)) return 0;  // --list, --help, or a filter matching nothing
 
         string table = ResultTable.Render(summaries, MachinePeaks.Current) + Nf4Benchmarks.Table(summaries, MachinePeaks.Current)
-                       + DoraBenchmarks.Table(summaries);
+                       + DoraBenchmarks.Table(summaries) + SegmentedBenchmarks.Table(summaries);
         Console.WriteLine();
         Console.WriteLine(table);
         string tablePath = Path.Combine(summaries[0].ResultsDirectoryPath, "LoraKernels-summary.md");

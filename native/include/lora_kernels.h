@@ -136,5 +136,6 @@ LK_API lk_status lk_simt_set_num_threads(int32_t n);
 #include "lora_kernels_nf4.h"
 #include "lora_kernels_dora.h"
 #include "lora_kernels_vera.h"
+#include "lora_kernels_segmented.h"
 
 #endif /* LORA_KERNELS_H */

@@ -13,6 +13,28 @@ internal sealed class GpuLoraKernels(GpuLaunch gpu) : ILoraKernels
                         Tensor y, Tensor u)
     {
         var (tokens, inFeatures, outFeatures, rank) = Dims(x, w0, a);
+        LaunchForward(x, w0, bias, a, b, scale, dropoutP, seed, y, u, tokens, inFeatures, outFeatures, rank);
+    }
+
+    /// <summary>y = x W0ᵀ + bias alone (the kernels with r = 0): the dense base another family adds its delta to.</summary>
+    internal void BaseForward(Tensor x, Tensor w0, Tensor? bias, Tensor y)
+    {
+        int inFeatures = checked((int)w0.Shape[1]);
+        LaunchForward(x, w0, bias, null, null, 0f, 0f, 0, y, null, checked((int)(x.ElementCount / inFeatures)), inFeatures,
+                      checked((int)w0.Shape[0]), 0);
+    }
+
+    /// <summary>dx = dy W0 alone (grad_x with r = 0).</summary>
+    internal void BaseGradX(Tensor dy, Tensor w0, Tensor dx)
+    {
+        int outFeatures = checked((int)w0.Shape[0]);
+        LaunchGradX(dy, w0, null, null, dx, checked((int)(dy.ElementCount / outFeatures)), checked((int)w0.Shape[1]),
+                    outFeatures, 0, 0f, 0);
+    }
+
+    private void LaunchForward(Tensor x, Tensor w0, Tensor? bias, Tensor? a, Tensor? b, float scale, float dropoutP, ulong seed,
+                               Tensor y, Tensor? u, int tokens, int inFeatures, int outFeatures, int rank)
+    {
         DType dtype = x.DType;
         if (gpu.DecodeGeometry(tokens, inFeatures, outFeatures, rank) is { } geometry)
         {
@@ -26,7 +48,7 @@ internal sealed class GpuLoraKernels(GpuLaunch gpu) : ILoraKernels
             return;
         }
 
-        if (rank > 0) LowRankLaunches.Project(gpu, x, a, u, tokens, inFeatures, rank, dropoutP, seed);
+        if (rank > 0) LowRankLaunches.Project(gpu, x, a!, u!, tokens, inFeatures, rank, dropoutP, seed);
         using var tiledArgs = new KernelArguments()
             .Pointer(x).Pointer(w0).Pointer(bias).Pointer(u)
             .Pointer(b).Pointer(y)
@@ -42,11 +64,17 @@ internal sealed class GpuLoraKernels(GpuLaunch gpu) : ILoraKernels
         using Tensor? du = LowRankLaunches.ParameterGradients(gpu, x, b, u, dy, scale, dropoutP, seed, tokens, inFeatures,
                                                               outFeatures, rank, dA, dB, needDu: dx is not null);
         if (dx is null) return;
+        LaunchGradX(dy, w0, du, a, dx, tokens, inFeatures, outFeatures, rank, dropoutP, seed);
+    }
+
+    private void LaunchGradX(Tensor dy, Tensor w0, Tensor? du, Tensor? a, Tensor dx, int tokens, int inFeatures, int outFeatures,
+                             int rank, float dropoutP, ulong seed)
+    {
         using var args = new KernelArguments()
             .Pointer(dy).Pointer(w0).Pointer(du).Pointer(a)
             .Pointer(dx)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed);
-        gpu.LaunchTiled(GpuLaunch.KernelFor(x.DType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), tokens, inFeatures, args);
+        gpu.LaunchTiled(GpuLaunch.KernelFor(dy.DType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), tokens, inFeatures, args);
     }
 
     public void Merge(Tensor w, Tensor a, Tensor b, float scale)
