@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.RegularExpressions;
 using LoraKernels.Backends.Gpu;
 using LoraKernels.Families.Dora;
+using LoraKernels.Families.Moe;
 using LoraKernels.Families.Qlora;
 using LoraKernels.Families.Vera;
 using LoraKernels.Runtime;
@@ -50,6 +51,8 @@ public sealed partial class KernelConstantsTests
         yield return Pair("vera.cu", "kVeraThreads", GpuVeraKernels.VeraThreads, "GpuVeraKernels.VeraThreads");
         yield return Pair("vera.cu", "kVeraWarps", GpuVeraKernels.VeraRowsPerBlock, "GpuVeraKernels.VeraRowsPerBlock");
         yield return Pair("vera.cu", "kVeraColumns", GpuVeraKernels.VeraColumnsPerBlock, "GpuVeraKernels.VeraColumnsPerBlock");
+        yield return Pair("moe.cu", "kMoeThreads", GpuLaunch.ElementwiseThreads, "GpuLaunch.ElementwiseThreads");
+        yield return Pair("moe.cu", "kMoeWarps", GpuMoeKernels.AssignmentsPerBlock, "GpuMoeKernels.AssignmentsPerBlock");
     }
 
     [TestCaseSource(nameof(Pairs))]

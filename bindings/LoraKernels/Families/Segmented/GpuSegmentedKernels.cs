@@ -2,7 +2,6 @@
 // dense base): which kernel, grid and argument order. The segment table is uploaded once per call (3 ints
 // per segment). docs/KERNELS.md documents each geometry; tests/native/parity/segmented_parity_test.cpp
 // launches the same sequence.
-using System.Runtime.InteropServices;
 using LoraKernels.Backends.Gpu;
 using LoraKernels.Families.Lora;
 using LoraKernels.Ops;
@@ -26,7 +25,7 @@ internal sealed class GpuSegmentedKernels(GpuLaunch gpu) : ISegmentedKernels
         if (w0 is not null) _lora.BaseForward(x, w0, bias, y);
         if (u is not null) Zero(u);
         if (segments.Segments.Count == 0) return;
-        using DeviceBuffer table = Upload(segments);
+        using DeviceBuffer table = gpu.Upload(segments.Triples);
         if (rank > 0)
         {
             using var args = new KernelArguments()
@@ -51,7 +50,7 @@ internal sealed class GpuSegmentedKernels(GpuLaunch gpu) : ISegmentedKernels
         var (tokens, inFeatures, outFeatures, rank) = Dims(x, w0 ?? w0Table!, aTable);
         int adapters = segments.Adapters, count = segments.Segments.Count;
         DType dtype = dy.DType;
-        using DeviceBuffer? table = count > 0 ? Upload(segments) : null;
+        using DeviceBuffer? table = count > 0 ? gpu.Upload(segments.Triples) : null;
         using Tensor? du = rank > 0 && (dx is not null || dATable is not null) ? Tensor.Empty(dy.Device, DType.F32, tokens, rank) : null;
         if (du is not null)
         {
@@ -110,21 +109,6 @@ internal sealed class GpuSegmentedKernels(GpuLaunch gpu) : ISegmentedKernels
         if (tiles > MaxGridYz)
             throw new NotSupportedException($"A segmented kernel extent of {extent} rows or columns needs {tiles} tiles; a CUDA grid allows {MaxGridYz}.");
         return (uint)tiles;
-    }
-
-    private DeviceBuffer Upload(SegmentTable segments)
-    {
-        DeviceBuffer buffer = gpu.Device.Allocate((long)segments.Triples.Length * sizeof(int));
-        try
-        {
-            gpu.Device.Upload(buffer, 0, MemoryMarshal.AsBytes(segments.Triples.AsSpan()));
-            return buffer;
-        }
-        catch
-        {
-            buffer.Dispose();
-            throw;
-        }
     }
 
     private void Zero(Tensor tensor) => gpu.Device.Memset(tensor.Buffer, 0, tensor.SizeInBytes, 0);
