@@ -197,40 +197,83 @@ LK_DEVICE void lk_segmented_grad_a(const float* du, const T* x, const int* segme
 }  // namespace
 
 // ---- entry points: thin wrappers instantiating each template for fp32 and bf16 storage -----------
-#define LK_SEGMENTED_ENTRY_POINTS(T, SUFFIX)                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_shrink_##SUFFIX(                         \
-        const T* x, const T* A_table, const int* segments, float* u, int in, int r) {                                 \
-        lk_segmented_shrink<T>(x, A_table, segments, u, in, r);                                                      \
-    }                                                                                                                 \
-    LK_KERNEL(lk_segmented_shrink_##SUFFIX);                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_expand_##SUFFIX(                         \
-        const T* x, const T* W0_table, const T* bias, const float* u, const T* B_table, const float* scales,          \
-        const int* segments, T* y, int in, int out, int r) {                                                          \
-        lk_segmented_expand<T>(x, W0_table, bias, u, B_table, scales, segments, y, in, out, r);                      \
-    }                                                                                                                 \
-    LK_KERNEL(lk_segmented_expand_##SUFFIX);                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_u_##SUFFIX(                         \
-        const T* dy, const T* B_table, const float* scales, const int* segments, float* du, int out, int r) {         \
-        lk_segmented_grad_u<T>(dy, B_table, scales, segments, du, out, r);                                           \
-    }                                                                                                                 \
-    LK_KERNEL(lk_segmented_grad_u_##SUFFIX);                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_x_##SUFFIX(                         \
-        const T* dy, const T* W0_table, const float* du, const T* A_table, const int* segments, T* dx, int in,        \
-        int out, int r) {                                                                                             \
-        lk_segmented_grad_x<T>(dy, W0_table, du, A_table, segments, dx, in, out, r);                                 \
-    }                                                                                                                 \
-    LK_KERNEL(lk_segmented_grad_x_##SUFFIX);                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_b_##SUFFIX(                         \
-        const T* dy, const float* u, const float* scales, const int* segments, int n_seg, T* dB_table, int out,       \
-        int r) {                                                                                                      \
-        lk_segmented_grad_b<T>(dy, u, scales, segments, n_seg, dB_table, out, r);                                    \
-    }                                                                                                                 \
-    LK_KERNEL(lk_segmented_grad_b_##SUFFIX);                                                                          \
-    extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_a_##SUFFIX(                         \
-        const float* du, const T* x, const int* segments, int n_seg, T* dA_table, int in, int r) {                    \
-        lk_segmented_grad_a<T>(du, x, segments, n_seg, dA_table, in, r);                                             \
-    }                                                                                                                 \
-    LK_KERNEL(lk_segmented_grad_a_##SUFFIX);
+// Written out, each call on its own line: NVRTC 11.8 with -lineinfo crashes compiling for sm_90 when an entry
+// point's call into these templates shares a source line with its signature (as a macro stamping the wrappers
+// out would put them; docs/DECISIONS.md).
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_shrink_f32(
+    const float* x, const float* A_table, const int* segments, float* u, int in, int r) {
+    lk_segmented_shrink<float>(x, A_table, segments, u, in, r);
+}
+LK_KERNEL(lk_segmented_shrink_f32);
 
-LK_SEGMENTED_ENTRY_POINTS(float, f32)
-LK_SEGMENTED_ENTRY_POINTS(lk_bf16, bf16)
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_expand_f32(
+    const float* x, const float* W0_table, const float* bias, const float* u, const float* B_table, const float* scales,
+    const int* segments, float* y, int in, int out, int r) {
+    lk_segmented_expand<float>(x, W0_table, bias, u, B_table, scales, segments, y, in, out, r);
+}
+LK_KERNEL(lk_segmented_expand_f32);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_u_f32(
+    const float* dy, const float* B_table, const float* scales, const int* segments, float* du, int out, int r) {
+    lk_segmented_grad_u<float>(dy, B_table, scales, segments, du, out, r);
+}
+LK_KERNEL(lk_segmented_grad_u_f32);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_x_f32(
+    const float* dy, const float* W0_table, const float* du, const float* A_table, const int* segments, float* dx, int in,
+    int out, int r) {
+    lk_segmented_grad_x<float>(dy, W0_table, du, A_table, segments, dx, in, out, r);
+}
+LK_KERNEL(lk_segmented_grad_x_f32);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_b_f32(
+    const float* dy, const float* u, const float* scales, const int* segments, int n_seg, float* dB_table, int out,
+    int r) {
+    lk_segmented_grad_b<float>(dy, u, scales, segments, n_seg, dB_table, out, r);
+}
+LK_KERNEL(lk_segmented_grad_b_f32);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_a_f32(
+    const float* du, const float* x, const int* segments, int n_seg, float* dA_table, int in, int r) {
+    lk_segmented_grad_a<float>(du, x, segments, n_seg, dA_table, in, r);
+}
+LK_KERNEL(lk_segmented_grad_a_f32);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_shrink_bf16(
+    const lk_bf16* x, const lk_bf16* A_table, const int* segments, float* u, int in, int r) {
+    lk_segmented_shrink<lk_bf16>(x, A_table, segments, u, in, r);
+}
+LK_KERNEL(lk_segmented_shrink_bf16);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_expand_bf16(
+    const lk_bf16* x, const lk_bf16* W0_table, const lk_bf16* bias, const float* u, const lk_bf16* B_table, const float* scales,
+    const int* segments, lk_bf16* y, int in, int out, int r) {
+    lk_segmented_expand<lk_bf16>(x, W0_table, bias, u, B_table, scales, segments, y, in, out, r);
+}
+LK_KERNEL(lk_segmented_expand_bf16);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_u_bf16(
+    const lk_bf16* dy, const lk_bf16* B_table, const float* scales, const int* segments, float* du, int out, int r) {
+    lk_segmented_grad_u<lk_bf16>(dy, B_table, scales, segments, du, out, r);
+}
+LK_KERNEL(lk_segmented_grad_u_bf16);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_x_bf16(
+    const lk_bf16* dy, const lk_bf16* W0_table, const float* du, const lk_bf16* A_table, const int* segments, lk_bf16* dx, int in,
+    int out, int r) {
+    lk_segmented_grad_x<lk_bf16>(dy, W0_table, du, A_table, segments, dx, in, out, r);
+}
+LK_KERNEL(lk_segmented_grad_x_bf16);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_b_bf16(
+    const lk_bf16* dy, const float* u, const float* scales, const int* segments, int n_seg, lk_bf16* dB_table, int out,
+    int r) {
+    lk_segmented_grad_b<lk_bf16>(dy, u, scales, segments, n_seg, dB_table, out, r);
+}
+LK_KERNEL(lk_segmented_grad_b_bf16);
+
+extern "C" __global__ void __launch_bounds__(kTileThreads) lk_segmented_grad_a_bf16(
+    const float* du, const lk_bf16* x, const int* segments, int n_seg, lk_bf16* dA_table, int in, int r) {
+    lk_segmented_grad_a<lk_bf16>(du, x, segments, n_seg, dA_table, in, r);
+}
+LK_KERNEL(lk_segmented_grad_a_bf16);

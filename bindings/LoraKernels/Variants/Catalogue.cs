@@ -17,7 +17,7 @@ public static class Catalogue
     // One list per family (Families/<family>/*Variants.cs), then the planned variants; ordered by the
     // guide's category, a family's own order kept within a category.
     private static readonly VariantInfo[] Entries =
-        new[] { LoraVariants.All, QloraVariants.All, DoraVariants.All, VeraVariants.All, MoeVariants.All, PlannedVariants.All }
+        new[] { LoraVariants.All, QloraVariants.All, DoraVariants.All, VeraVariants.All, MoeVariants.All, SsmVariants.All, PlannedVariants.All }
             .SelectMany(family => family)
             .OrderBy(info => info.Family)
             .ToArray();

@@ -71,15 +71,6 @@ internal static class PlannedVariants
         },
         new()
         {
-            Name = "lora-ssm", DisplayName = "LoRA for SSM (Mamba)", Family = VariantFamily.ArchitectureExtension,
-            Paper = new("MambaPEFT: Exploring Parameter-Efficient Fine-Tuning for Mamba", 2024, "2411.03855"),
-            Summary = "LoRA on Mamba's input-dependent projections (partial LoRA on x_proj, dt_proj, in/out_proj).",
-            ParameterFormula = "r·(in + out) per adapted projection", CountParameters = (i, o, opt) => VariantInfo.RankOr(opt, 8) * (i + o),
-            Defaults = "as LoRA",
-            Planned = "the selective-scan (Mamba) kernels",
-        },
-        new()
-        {
             Name = "auto-rank", DisplayName = "Automated r/alpha search", Aliases = ["mira", "autolora"], Family = VariantFamily.Automation,
             Paper = new("AutoLoRA: Automatically Tuning Matrix Ranks in Low-Rank Adaptation Based on Meta Learning", 2024, "2403.09113",
                         "the guide's \"MiRA\" (bilevel search over r, alpha) was not found as a paper; AutoLoRA is the closest published method"),

@@ -173,18 +173,7 @@ public sealed class MoeTests
         var chain = MoeReference.Backward(model, dy);
         void Check(string what, float[] values, Tracked[] expected)
         {
-            const float h = 1f / 4096;
-            var central = new float[values.Length];
-            for (int i = 0; i < values.Length; i++)
-            {
-                float saved = values[i];
-                values[i] = saved + h;
-                double plus = MoeReference.Loss(model, dy);
-                values[i] = saved - h;
-                double minus = MoeReference.Loss(model, dy);
-                values[i] = saved;
-                central[i] = (float)((plus - minus) / (2 * h));
-            }
+            float[] central = Array.ConvertAll(CentralDifferences.Of(values, () => MoeReference.Loss(model, dy), 1f / 4096), v => (float)v);
             Expect.Close(what, central, Tracked.Values(expected), Array.ConvertAll(Tracked.Magnitudes(expected), m => 1e-9 + 3e-7 * m));
         }
         Check("dx", model.X, chain.Dx);
