@@ -16,18 +16,19 @@ return DemoProgram.Run(args);
 internal static class DemoProgram
 {
     private const string Usage =
-        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --catalogue]\n" +
+        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --catalogue | --mamba]\n" +
         "  --device  where the kernels run (default: LORAKERNELS_DEVICE, else cuda if present, else cpu)\n" +
         "  --steps   AdamW steps (default 500; simt, the emulator, takes about ten seconds for them)\n" +
         "  --out     folder for loss.png (default out/demo under the current directory)\n" +
         "  --compare train every available variant on the same task and budget; print a table, write variants.png\n" +
-        "  --catalogue  print the catalogue of variants and exit";
+        "  --catalogue  print the catalogue of variants and exit\n" +
+        "  --mamba   LoRA on a Mamba block's projections learns a teacher block's hidden change (the selective scan, end to end)";
 
     public static int Run(string[] args)
     {
         int? steps = null;
         string outputDirectory = Path.Combine(Environment.CurrentDirectory, "out", "demo");
-        bool compare = false;
+        bool compare = false, mamba = false;
         string? deviceName = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -43,6 +44,8 @@ internal static class DemoProgram
                     deviceName = option["--device=".Length..]; break;
                 case "--compare":
                     compare = true; break;
+                case "--mamba":
+                    mamba = true; break;
                 case "--catalogue":
                     Console.Write(LoraKernels.Variants.Catalogue.FormatTable()); return 0;
                 case "-h" or "--help":
@@ -56,6 +59,7 @@ internal static class DemoProgram
         int stepCount = steps ?? 500;
         var options = new TrainerOptions { ScheduleSteps = stepCount };
         if (compare) return CompareVariants(device, options, stepCount, outputDirectory);
+        if (mamba) return MambaSection.Run(device, stepCount);
         Console.WriteLine($"LoraKernels demo on {device.Name}");
         Console.WriteLine($"  frozen MLP {options.InFeatures} → {options.HiddenFeatures} → {options.OutFeatures} (ReLU); " +
                           $"teacher adds a hidden rank-{options.HiddenRank} change to each layer; " +

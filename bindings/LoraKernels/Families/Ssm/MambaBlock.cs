@@ -105,10 +105,13 @@ public sealed class MambaBlock : IAdapterLayer
     public Variable Forward(Tape tape, Variable x) => Forward(tape, x, 1);
 
     /// <summary>One sequence x [L, d_model], without recording.</summary>
-    public Tensor Forward(Tensor x)
+    public Tensor Forward(Tensor x) => Forward(x, 1);
+
+    /// <summary><paramref name="batch"/> sequences x [batch·L, d_model], without gradients (the steps run on a scratch tape).</summary>
+    public Tensor Forward(Tensor x, int batch)
     {
         using var tape = new Tape();
-        Variable y = Forward(tape, new Variable(x), 1);
+        Variable y = Forward(tape, new Variable(x), batch);
         return y.Value.Clone();
     }
 
