@@ -54,7 +54,7 @@ internal sealed class MoeRouting
     public static MoeRouting Route(ReadOnlySpan<float> logits, int tokens, int experts, int topK)
     {
         var routing = new MoeRouting(tokens, experts, topK);
-        Span<int> order = stackalloc int[experts];
+        Span<int> order = experts <= 256 ? stackalloc int[experts] : new int[experts];
         for (int t = 0; t < tokens; t++)
         {
             ReadOnlySpan<float> row = logits.Slice(t * experts, experts);
