@@ -10,7 +10,7 @@
 //   Segments of at most kGemvMaxRows rows (decode: one row per request) run side by side on the
 //   library's threads, each as dot products that read A_a and B_a once (memory-bound: 4·r·(in + out)
 //   bytes per adapter); longer segments (prefill, MoE experts) run one after another, each through
-//   the threaded packed GEMM. FLOP 2·M·out·in (base) + 4·M·r·(in + out)/2 (shrink + expand);
+//   the threaded packed GEMM. FLOP 2·M·out·in (base) + 2·M·r·(in + out) (shrink + expand);
 //   bytes 4·(out·in + M·in + M·out) + 4·r·(in + out) per distinct adapter in the batch.
 // Backward (training: segments are long, MoE experts) runs every product through the packed GEMM,
 //   one segment after another in the table's order (so the sums over an adapter's segments are
