@@ -86,6 +86,7 @@ internal sealed class ThroughputColumn : IColumn
         if (benchmarkCase.Descriptor.Type == typeof(CpuHostSharingBenchmarks)) return "-";  // a mix of our call and a host's: compare times
         if (benchmarkCase.Descriptor.Type == typeof(OptimizerBenchmarks)) return "-";  // not LoRA work: OptimizerBenchmarks.Table reports it
         if (benchmarkCase.Descriptor.Type.Name.StartsWith("Gated", StringComparison.Ordinal)) return "-";  // GatedBenchmarks.Table reports the bars
+        if (benchmarkCase.Descriptor.Type == typeof(SegmentedBenchmarks)) return "-";  // mixed adapters: SegmentedBenchmarks.Table reports it
         double seconds = statistics.Mean / 1e9;
         double value = _value(BenchmarkConfig.WorkOf(benchmarkCase), seconds, MachinePeaks.Current);
         return double.IsNaN(value) ? "NA" : value.ToString(value >= 100 ? "F0" : "F1", CultureInfo.InvariantCulture);

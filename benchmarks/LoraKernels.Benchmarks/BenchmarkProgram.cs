@@ -34,6 +34,7 @@ public static class BenchmarkProgram
             types.Add(typeof(GatedPruningBenchmarks));
             types.Add(typeof(GatedScalingBenchmarks));
             types.Add(typeof(GatedDenseScalingBenchmarks));
+            types.Add(typeof(SegmentedBenchmarks));
         }
         else
         {
@@ -74,7 +75,8 @@ public static class BenchmarkProgram
 
         string table = ResultTable.Render(summaries, MachinePeaks.Current) + Nf4Benchmarks.Table(summaries, MachinePeaks.Current)
                        + DoraBenchmarks.Table(summaries) + KronBenchmarks.Table(summaries) + TuckerConvBenchmarks.Table(summaries)
-                       + OptimizerBenchmarks.Table(summaries, MachinePeaks.Current) + GatedBenchmarks.Table(summaries);
+                       + OptimizerBenchmarks.Table(summaries, MachinePeaks.Current) + GatedBenchmarks.Table(summaries)
+                       + SegmentedBenchmarks.Table(summaries);
         Console.WriteLine();
         Console.WriteLine(table);
         string tablePath = Path.Combine(summaries[0].ResultsDirectoryPath, "LoraKernels-summary.md");

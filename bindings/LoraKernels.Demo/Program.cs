@@ -16,13 +16,14 @@ return DemoProgram.Run(args);
 internal static class DemoProgram
 {
     private const string Usage =
-        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --gated | --conv | --catalogue]\n" +
+        "usage: LoraKernels.Demo [--device cpu|simt|cuda[:N]] [--steps N] [--out DIR] [--compare | --gated | --conv | --mamba | --catalogue]\n" +
         "  --device  where the kernels run (default: LORAKERNELS_DEVICE, else cuda if present, else cpu)\n" +
         "  --steps   AdamW steps (default 500; simt, the emulator, takes about ten seconds for them)\n" +
         "  --out     folder for loss.png (default out/demo under the current directory)\n" +
         "  --compare train every available variant on the same task and budget; print a table, write variants.png\n" +
         "  --gated   the gated-rank variants (SoRA, AdaLoRA, the mixture of rank-1 experts, MiRA) beside LoRA; write gated.png\n" +
         "  --conv    fine-tune a small CNN with conv-LoRA, LoKr and Tucker adapters side by side (default 150 steps); write conv.png\n" +
+        "  --mamba   LoRA on a Mamba block's projections learns a teacher block's hidden change (the selective scan, end to end)\n" +
         "  --catalogue  print the catalogue of variants and exit";
 
     public static int Run(string[] args)
@@ -31,7 +32,7 @@ internal static class DemoProgram
         string outputDirectory = Path.Combine(Environment.CurrentDirectory, "out", "demo");
         IReadOnlyList<string>? compared = null;
         string plotName = "variants.png";
-        bool conv = false;
+        bool conv = false, mamba = false;
         string? deviceName = null;
         for (int i = 0; i < args.Length; i++)
         {
@@ -51,6 +52,8 @@ internal static class DemoProgram
                     compared = VariantComparison.GatedVariants; plotName = "gated.png"; break;
                 case "--conv":
                     conv = true; break;
+                case "--mamba":
+                    mamba = true; break;
                 case "--catalogue":
                     Console.Write(LoraKernels.Variants.Catalogue.FormatTable()); return 0;
                 case "-h" or "--help":
@@ -65,6 +68,7 @@ internal static class DemoProgram
         int stepCount = steps ?? 500;
         var options = new TrainerOptions { ScheduleSteps = stepCount };
         if (compared is not null) return CompareVariants(device, options, stepCount, outputDirectory, compared, plotName);
+        if (mamba) return MambaSection.Run(device, stepCount);
         Console.WriteLine($"LoraKernels demo on {device.Name}");
         Console.WriteLine($"  frozen MLP {options.InFeatures} → {options.HiddenFeatures} → {options.OutFeatures} (ReLU); " +
                           $"teacher adds a hidden rank-{options.HiddenRank} change to each layer; " +

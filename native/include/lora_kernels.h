@@ -146,5 +146,8 @@ LK_API lk_status lk_simt_set_num_threads(int32_t n);
 #include "lora_kernels_conv.h"
 #include "lora_kernels_optim.h"
 #include "lora_kernels_gated.h"
+#include "lora_kernels_segmented.h"
+#include "lora_kernels_moe.h"
+#include "lora_kernels_ssm.h"
 
 #endif /* LORA_KERNELS_H */

@@ -32,7 +32,6 @@ internal static class Commands
                 ["name"] = info.Name, ["display_name"] = info.DisplayName, ["family"] = info.Family.ToString(),
                 ["paper"] = info.Paper.Title, ["year"] = info.Paper.Year, ["arxiv"] = info.Paper.ArxivId,
                 ["parameters_4096x4096"] = info.TrainableParameters(4096, 4096), ["formula"] = info.ParameterFormula,
-                ["available"] = info.IsAvailable, ["planned"] = info.Planned,
                 ["backends"] = new JsonArray(info.Backends.Select(b => (JsonNode?)b.ToString().ToLowerInvariant()).ToArray()),
                 ["dtypes"] = new JsonArray(info.DTypes.Select(d => (JsonNode?)d.ToString()).ToArray()),
                 ["peft_type"] = peft?.PeftType, ["peft_attach_and_merge"] = peft?.Available ?? false,

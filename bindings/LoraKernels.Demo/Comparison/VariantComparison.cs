@@ -33,10 +33,9 @@ public static class VariantComparison
     // The mixture of rank-1 experts routes each token to 4 of its r = 8 experts: the teacher's change has rank 4.
     private const int MixtureTopK = 4;
 
-    /// <summary>The catalogue names compared, in the table's order (those the catalogue lists as available).</summary>
+    /// <summary>The catalogue names compared, in the table's order.</summary>
     public static IReadOnlyList<string> Variants { get; } =
-        new[] { "lora", "rslora", "dora", "vera", "pissa", "lora-fa", "lora+", "qlora", "lokr", "flora", "sora", "adalora", "mixture-rank1", "auto-rank" }
-            .Where(name => Catalogue.Get(name).IsAvailable).ToArray();
+        ["lora", "rslora", "dora", "vera", "pissa", "lora-fa", "lora+", "qlora", "lokr", "flora", "sora", "adalora", "mixture-rank1", "auto-rank"];
 
     /// <summary>The gated-rank variants beside LoRA (the demo's --gated table).</summary>
     public static IReadOnlyList<string> GatedVariants { get; } = ["lora", "sora", "adalora", "mixture-rank1", "auto-rank"];

@@ -42,6 +42,15 @@ public sealed unsafe class KernelArguments : IDisposable
     /// <summary>The address of <paramref name="tensor"/>'s element 0, leased until Dispose; a null pointer for null.</summary>
     internal KernelArguments Pointer(Tensor? tensor) { *Next() = _leases.Address(tensor); return this; }
 
+    /// <summary>The address of element <paramref name="elementOffset"/> of <paramref name="tensor"/> (a column slice of its rows), leased until Dispose.</summary>
+    internal KernelArguments Pointer(Tensor tensor, long elementOffset)
+    {
+        if ((ulong)elementOffset > (ulong)tensor.ElementCount)
+            throw new ArgumentOutOfRangeException(nameof(elementOffset), elementOffset, $"The offset lies outside {tensor.Describe()}.");
+        *Next() = _leases.Address(tensor) + (ulong)(elementOffset * DTypeInfo.SizeOf(tensor.DType));
+        return this;
+    }
+
     /// <summary>The address of <paramref name="buffer"/>, leased until Dispose; a null pointer for null.</summary>
     public KernelArguments Pointer(DeviceBuffer? buffer) { *Next() = _leases.Address(buffer); return this; }
 

@@ -2,7 +2,7 @@
 // (000_9cd751effa0af045.txt) and of REFERENCE.md, with its family, paper, trainable-parameter count
 // per layer, backends, dtypes, defaults and availability, and Create, which builds an adapter layer
 // by name. Each adapter family describes its own variants beside its code (Families/<family>/
-// *Variants.cs, with the layer factory); the planned ones are in PlannedVariants. The catalogue only
+// *Variants.cs, with the layer factory). The catalogue only
 // collects them, in the guide's order of categories. Parameter counts are for one linear layer
 // W0 [out, in]; shared or frozen tensors (VeRA's projections, LoRA-FA's A, a quantized base) are not
 // trainable and not counted.
@@ -14,10 +14,9 @@ namespace LoraKernels.Variants;
 
 public static class Catalogue
 {
-    // One list per family (Families/<family>/*Variants.cs), then the planned variants; ordered by the
-    // guide's category, a family's own order kept within a category.
+    // One list per family (Families/<family>/*Variants.cs), ordered by the guide's category, a family's own order kept within a category.
     private static readonly VariantInfo[] Entries =
-        new[] { LoraVariants.All, QloraVariants.All, DoraVariants.All, VeraVariants.All, LokrVariants.All, TuckerVariants.All, GatedVariants.All, PlannedVariants.All }
+        new[] { LoraVariants.All, QloraVariants.All, DoraVariants.All, VeraVariants.All, LokrVariants.All, TuckerVariants.All, GatedVariants.All, MoeVariants.All, SsmVariants.All }
             .SelectMany(family => family)
             .OrderBy(info => info.Family)
             .ToArray();
@@ -43,16 +42,12 @@ public static class Catalogue
     /// (and <paramref name="bias"/>), on <paramref name="device"/>; the caller keeps its tensors.
     /// LoRA+ creates a plain LoRA layer: its difference is the optimizer (Optim.LoraPlus.CreateOptimizer).
     /// </summary>
-    /// <exception cref="NotSupportedException">The variant is not available in this build; the message says what it needs.</exception>
     public static IAdapterLayer Create(string name, Device device, Tensor w0, Tensor? bias, AdapterOptions? options = null)
     {
         VariantInfo info = Get(name);
         ArgumentNullException.ThrowIfNull(device);
         options ??= new AdapterOptions();
-        if (info.Create is not { } create)
-            throw new NotSupportedException(
-                $"Catalogue: {info.DisplayName} ('{info.Name}') is not yet available in this build; it needs {info.Planned}.");
-        return create(device, w0, bias, info.RankOf(options), options);
+        return info.Create(device, w0, bias, info.RankOf(options), options);
     }
 
     /// <summary>The catalogue as a text table, with parameter counts for one [out, in] layer.</summary>
@@ -61,20 +56,17 @@ public static class Catalogue
         options ??= new AdapterOptions();
         var rows = new List<string[]>
         {
-            new[] { "variant", "family", "paper", $"trainable @ {outFeatures}x{inFeatures}", "formula", "backends / dtypes", "status" },
+            new[] { "variant", "family", "paper", $"trainable @ {outFeatures}x{inFeatures}", "formula", "backends / dtypes" },
         };
         foreach (VariantInfo info in Entries)
         {
             string paper = info.Paper.ArxivId is null ? $"{info.Paper.Year}, no arXiv paper" : $"{info.Paper.Year}, arXiv:{info.Paper.ArxivId}";
-            string where = info.IsAvailable
-                ? $"{string.Join("/", info.Backends.Select(b => b.ToString().ToLowerInvariant()))} · {string.Join("/", info.DTypes)}"
-                : "-";
-            string status = info.IsAvailable ? "available" : "planned";
+            string where = $"{string.Join("/", info.Backends.Select(b => b.ToString().ToLowerInvariant()))} · {string.Join("/", info.DTypes)}";
             rows.Add([
                 info.DisplayName, FamilyName(info.Family), paper,
                 info.TrainableParameters(inFeatures, outFeatures, options).ToString("N0", CultureInfo.InvariantCulture)
                     + $" (r={info.RankOf(options)})",
-                info.ParameterFormula, where, status,
+                info.ParameterFormula, where,
             ]);
         }
         int[] widths = Enumerable.Range(0, rows[0].Length).Select(c => rows.Max(row => DisplayWidth(row[c]))).ToArray();

@@ -28,9 +28,6 @@ public sealed record PaperReference(string Title, int Year, string? ArxivId, str
     public override string ToString() => ArxivId is null ? $"{Title} ({Year}; {Note})" : $"{Title} ({Year}, arXiv:{ArxivId})";
 }
 
-/// <summary>Whether <see cref="Catalogue.Create"/> can build the variant in this build.</summary>
-public enum Availability { Available, NotYetAvailable }
-
 /// <summary>Builds a variant's layer over w0 [out, in] (and bias) on a device, with rank r and the options.</summary>
 internal delegate IAdapterLayer LayerFactory(Device device, Tensor w0, Tensor? bias, int r, AdapterOptions options);
 
@@ -49,23 +46,16 @@ public sealed record VariantInfo
     internal Func<long, long, AdapterOptions, long> CountParameters { get; init; } =
         (_, _, _) => throw new InvalidOperationException("This catalogue entry has no parameter count.");
 
-    /// <summary>The devices it runs on in this build (empty when not yet available).</summary>
+    /// <summary>The devices it runs on in this build.</summary>
     public IReadOnlyList<DeviceKind> Backends { get; init; } = [];
-    /// <summary>The storage dtypes of its layer in this build (empty when not yet available).</summary>
+    /// <summary>The storage dtypes of its layer in this build.</summary>
     public IReadOnlyList<DType> DTypes { get; init; } = [];
     /// <summary>Its defaults, from REFERENCE.md (PEFT's where PEFT has the variant).</summary>
     public required string Defaults { get; init; }
 
-    /// <summary>Available when this build can create its layer (its family registered a factory).</summary>
-    public Availability Availability => Create is null ? Availability.NotYetAvailable : Availability.Available;
-
-    /// <summary>What a variant that is not available yet needs (null when available).</summary>
-    public string? Planned { get; init; }
-
-    public bool IsAvailable => Availability == Availability.Available;
-
-    /// <summary>The layer factory of an available variant (null for a planned one).</summary>
-    internal LayerFactory? Create { get; init; }
+    /// <summary>The layer factory its family registered (every entry sets one; CatalogueTests builds each).</summary>
+    internal LayerFactory Create { get; init; } =
+        (_, _, _, _, _) => throw new InvalidOperationException("This catalogue entry has no layer factory.");
 
     /// <summary>Every device kind, the backends of a variant whose kernels run everywhere.</summary>
     internal static readonly DeviceKind[] AllDevices = [DeviceKind.Cpu, DeviceKind.Simt, DeviceKind.Cuda];

@@ -302,8 +302,6 @@ public sealed class QDoraTests(DeviceKind kind)
     {
         var data = new TestData(TestData.SeedFor("qdora-catalogue"));
         using Tensor w0 = Tensor.FromArray(Device.Cpu, data.NonZero(24 * 16, 0.25f), 24, 16);
-        VariantInfo info = Catalogue.Get("qdora");
-        Assert.That(info.IsAvailable, Is.True);
         using IAdapterLayer layer = Catalogue.Create("qdora", Device, w0, null, new AdapterOptions { Rank = 4, Alpha = 8f, Seed = 2 });
         Assert.That(layer, Is.TypeOf<DoraLinear>());
         Assert.That(((DoraLinear)layer).IsQuantized, Is.True);

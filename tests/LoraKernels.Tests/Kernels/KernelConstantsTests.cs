@@ -2,6 +2,8 @@ using System.Globalization;
 using System.Text.RegularExpressions;
 using LoraKernels.Backends.Gpu;
 using LoraKernels.Families.Dora;
+using LoraKernels.Families.Moe;
+using LoraKernels.Families.Ssm;
 using LoraKernels.Families.Qlora;
 using LoraKernels.Families.Vera;
 using LoraKernels.Runtime;
@@ -50,6 +52,13 @@ public sealed partial class KernelConstantsTests
         yield return Pair("vera.cu", "kVeraThreads", GpuVeraKernels.VeraThreads, "GpuVeraKernels.VeraThreads");
         yield return Pair("vera.cu", "kVeraWarps", GpuVeraKernels.VeraRowsPerBlock, "GpuVeraKernels.VeraRowsPerBlock");
         yield return Pair("vera.cu", "kVeraColumns", GpuVeraKernels.VeraColumnsPerBlock, "GpuVeraKernels.VeraColumnsPerBlock");
+        yield return Pair("moe.cu", "kMoeThreads", GpuLaunch.ElementwiseThreads, "GpuLaunch.ElementwiseThreads");
+        yield return Pair("moe.cu", "kMoeWarps", GpuMoeKernels.AssignmentsPerBlock, "GpuMoeKernels.AssignmentsPerBlock");
+        yield return Pair("ssm.cu", "kSsmChunk", GpuSsmKernels.Chunk, "GpuSsmKernels.Chunk");
+        yield return Pair("ssm.cu", "kSsmThreads", GpuSsmKernels.ChunkThreads, "GpuSsmKernels.ChunkThreads");
+        yield return Pair("ssm.cu", "kSsmThreads", GpuLaunch.ElementwiseThreads, "GpuLaunch.ElementwiseThreads");
+        yield return Pair("ssm.cu", "kSsmGroup", GpuSsmKernels.GroupThreads, "GpuSsmKernels.GroupThreads");
+        yield return Pair("ssm.cu", "kSsmMaxState", Ops.Ssm.MaxStates, "Ssm.MaxStates");
     }
 
     [TestCaseSource(nameof(Pairs))]

@@ -68,6 +68,22 @@ internal sealed class GpuLaunch(IKernelDevice device)
         return partials;
     }
 
+    /// <summary>A device copy of <paramref name="values"/> (index tables: segments, routing), owned by the caller.</summary>
+    public DeviceBuffer Upload(ReadOnlySpan<int> values)
+    {
+        DeviceBuffer buffer = Device.Allocate(Math.Max(values.Length, 1) * sizeof(int));
+        try
+        {
+            Device.Upload(buffer, 0, MemoryMarshal.AsBytes(values));
+            return buffer;
+        }
+        catch
+        {
+            buffer.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>The decode kernel's grid and dynamic shared bytes on this device (see <see cref="DecodeGeometry(int, int, int, int, int, int)"/>).</summary>
     public (uint Blocks, uint SharedBytes)? DecodeGeometry(int tokens, int inFeatures, int outFeatures, int rank, int tableWords = 0)
     {
