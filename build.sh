@@ -7,7 +7,7 @@
 #   ./build.sh bench [ARGS] run the BenchmarkDotNet benchmarks; ARGS go to BenchmarkDotNet
 #   ./build.sh pack [DIR]   the NuGet package LoraKernels.<version>.nupkg (default out/packages), native libraries included
 #   ./build.sh lora [ARGS]  the lora command (variants, inspect, merge, quantize, demo, bench); ARGS go to it
-#   ./build.sh gpu-bundle [DIR]  self-contained folder to copy to a Linux GPU machine without .NET (default out/gpu-bundle)
+#   ./build.sh gpu-bundle [DIR]  self-contained folder to copy to a Linux GPU machine without .NET (default out/gpu-bundle, < 80 MB)
 #   ./build.sh clean        remove build outputs
 #
 # System packages it needs, installed when run as root and missing (Debian 12 "bookworm"):
@@ -172,12 +172,25 @@ gpu_bundle() {
     dotnet publish "$ROOT/tests/LoraKernels.Tests/LoraKernels.Tests.csproj" -c Release -r linux-x64 \
         --self-contained true -p:PublishTrimmed=true -p:TrimMode=partial -nologo -v quiet -o "$dest"
     cp "$ROOT"/kernels/*.cu "$ROOT"/kernels/*.cuh "$dest/kernels/"
-    cp "$ROOT/benchmarks/gpu-bundle/run-on-gpu.sh" "$dest/"
-    chmod +x "$dest/run-on-gpu.sh"
+    cp "$ROOT/benchmarks/gpu-bundle/run-on-gpu.sh" "$ROOT/benchmarks/gpu-bundle/peft_compare.py" "$dest/"
+    chmod +x "$dest/run-on-gpu.sh" "$dest/peft_compare.py"
     local size
     size=$(du -sm "$dest" | cut -f1)
+    [ "$size" -lt 80 ] || die "GPU bundle is ${size} MB, over the 80 MB budget"
+    # Without a GPU here, the bundle must say so and stop, quickly and with a failing status.
+    if ! command -v nvidia-smi >/dev/null; then
+        local check rc start
+        check=$(mktemp -d)
+        start=$(date +%s)
+        rc=0
+        timeout 90 "$dest/run-on-gpu.sh" "$check" >"$check/run.log" 2>&1 || rc=$?
+        [ $rc -ne 0 ] && [ $rc -ne 124 ] || die "the bundle's run-on-gpu.sh did not fail on a machine without a GPU (exit $rc): $(cat "$check/run.log")"
+        [ $(( $(date +%s) - start )) -lt 60 ] || die "the bundle's run-on-gpu.sh took over a minute to notice there is no GPU"
+        grep -q 'no GPU' "$check/run.log" || die "the bundle's run-on-gpu.sh failed without saying there is no GPU: $(cat "$check/run.log")"
+        say "no GPU here: the bundle says so and exits $rc in $(( $(date +%s) - start )) s ($(grep -m1 'no GPU' "$check/run.log"))"
+        rm -rf "$check"
+    fi
     say "GPU bundle ready: $dest (${size} MB). On the GPU machine: ./run-on-gpu.sh RESULTS_DIR"
-    [ "$size" -lt 60 ] || die "GPU bundle is ${size} MB, over the 60 MB budget"
 }
 
 cmd=${1:-build}

@@ -84,6 +84,63 @@ LK_HD lk_bf16 lk_f32_to_bf16(float f) {
     return h;
 }
 
+// ---- f16 storage type --------------------------------------------------------------------------
+// IEEE binary16 in a 16-bit container, for the f16 tensor-core path; the same bit-level conversions
+// under NVRTC, nvcc and g++. Rounding is round-to-nearest-even with overflow to infinity, NaN quiet.
+struct lk_f16 {
+    lk_u16 bits;
+};
+
+LK_HD float lk_f16_to_f32(lk_f16 h) {
+    const lk_u32 sign = ((lk_u32)h.bits & 0x8000u) << 16, exponent = (h.bits >> 10) & 31u, fraction = h.bits & 1023u;
+    if (exponent == 31u) return lk_bits_f32(sign | 0x7f800000u | (fraction << 13));  // inf, NaN (payload kept)
+    if (exponent != 0u) return lk_bits_f32(sign | ((exponent + 112u) << 23) | (fraction << 13));
+    // Subnormal (or zero): fraction·2^-24, exact in fp32.
+    const float magnitude = (float)fraction * (1.0f / 16777216.0f);
+    return sign ? -magnitude : magnitude;
+}
+
+LK_HD lk_f16 lk_f32_to_f16(float f) {
+    const lk_u32 u = lk_f32_bits(f), sign = (u >> 16) & 0x8000u, magnitude = u & 0x7fffffffu;
+    lk_f16 h;
+    if (magnitude > 0x7f800000u) {  // NaN: keep the sign, force a quiet payload
+        h.bits = (lk_u16)(sign | 0x7e00u | ((magnitude >> 13) & 0x1ffu));
+        return h;
+    }
+    if (magnitude >= 0x477ff000u) {  // rounds to 65520 or more: infinity
+        h.bits = (lk_u16)(sign | 0x7c00u);
+        return h;
+    }
+    if (magnitude < 0x38800000u) {  // below 2^-14: a subnormal half, fraction·2^-24 rounded to nearest even
+        const lk_u32 shift = 126u - (magnitude >> 23);  // fp32 exponent e: value = m·2^(e-150), half unit 2^-24
+        if (shift > 24u) {
+            h.bits = (lk_u16)sign;
+            return h;
+        }
+        const lk_u32 mantissa = (magnitude & 0x7fffffu) | 0x800000u;
+        const lk_u32 kept = mantissa >> shift, rest = mantissa & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+        h.bits = (lk_u16)(sign | (kept + (rest > half || (rest == half && (kept & 1u)))));
+        return h;
+    }
+    const lk_u32 rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);  // nearest even at bit 13
+    h.bits = (lk_u16)(sign | ((rounded - 0x38000000u) >> 13));
+    return h;
+}
+
+// Two 16-bit elements in one 32-bit register, the first in the low half: the fragment word of
+// mma and ldmatrix.
+LK_HD lk_u32 lk_pack_b16x2(lk_u16 first, lk_u16 second) { return (lk_u32)first | ((lk_u32)second << 16); }
+
+// std::is_same without <type_traits> (NVRTC ships no standard headers).
+template <class A, class B>
+struct lk_same_type {
+    static constexpr bool value = false;
+};
+template <class A>
+struct lk_same_type<A, A> {
+    static constexpr bool value = true;
+};
+
 // Loads and stores that let one kernel template serve fp32 and bf16 storage; arithmetic is
 // always fp32.
 LK_HD float lk_load(const float* p) { return *p; }
@@ -138,6 +195,11 @@ LK_DEVICE T* lk_dynamic_shared() {
 #define LK_SHARED(T, name, dims) __shared__ T name dims
 #endif
 
+// The first index and the stride of a grid-stride loop, in 64 bits: the grid is capped (a few
+// blocks per SM), the element count is not, so a 32-bit index would wrap past 2^31 - 1.
+LK_DEVICE lk_i64 lk_grid_first() { return (lk_i64)blockIdx.x * blockDim.x + threadIdx.x; }
+LK_DEVICE lk_i64 lk_grid_stride() { return (lk_i64)gridDim.x * blockDim.x; }
+
 // Sum over the 32 lanes of a full warp; every lane gets the total.
 LK_DEVICE float lk_warp_sum(float v) {
 #pragma unroll
@@ -159,5 +221,153 @@ LK_DEVICE float lk_warp_max(float v) {
         v = v > o ? v : o;
     }
     return v;
+}
+
+// ---- warp-level matrix primitives: tensor cores and asynchronous copies ---------------------------
+// The only inline PTX in kernels/ (DESIGN.md): each wrapper is the PTX instruction under NVRTC and
+// nvcc, and under the emulator the same instruction computed from the PTX ISA's fragment layouts
+// (native/simt/warp_matrix.cpp; cp.async in block.cpp). Fragments are 32-bit words holding two
+// 16-bit elements, the first in the low half (lk_pack_b16x2). Architecture guards:
+//   * mma.sync m16n8k16 with bf16 or f16 inputs and cp.async need sm_80; ldmatrix needs sm_75.
+//     Compiled for an older GPU, mma and ldmatrix trap (the launchers pick the tensor-core kernels
+//     only on sm_80 and newer: GpuLaunch.TensorCores) and cp.async is a plain synchronous copy.
+//   * cp.async's L2::128B prefetch hint needs PTX ISA 7.4 (CUDA 11.4): LK_CP_ASYNC_L2_PREFETCH is 1
+//     from that version on (a build may define it to 0); older NVRTC (11.2, 11.3) gets the plain form.
+#if defined(LK_MODE_CUDA) && defined(__CUDA_ARCH__)
+#define LK_SM80_PTX (__CUDA_ARCH__ >= 800)
+#define LK_SM75_PTX (__CUDA_ARCH__ >= 750)
+#else
+#define LK_SM80_PTX 0
+#define LK_SM75_PTX 0
+#endif
+#if !defined(LK_CP_ASYNC_L2_PREFETCH)
+#if defined(LK_MODE_CUDA) && (__CUDACC_VER_MAJOR__ > 11 || (__CUDACC_VER_MAJOR__ == 11 && __CUDACC_VER_MINOR__ >= 4))
+#define LK_CP_ASYNC_L2_PREFETCH 1
+#else
+#define LK_CP_ASYNC_L2_PREFETCH 0
+#endif
+#endif
+
+#if defined(LK_MODE_CUDA)
+// The .shared state-space address of a generic pointer into shared memory (what ldmatrix and
+// cp.async take), without the SDK's __cvta_generic_to_shared declaration.
+LK_DEVICE lk_u32 lk_shared_address(const void* p) {
+    lk_u32 address;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(address) : "l"(p));
+    return address;
+}
+#endif
+
+// D = A·B + C for one warp: A 16x16 (row), B 16x8 (col), C and D 16x8 fp32; T = lk_bf16 or lk_f16, the
+// type of A's and B's elements. a: 4 words, b: 2, c and d: 4 (d may alias c). Every lane of the warp
+// must call it together.
+template <class T>
+LK_DEVICE void lk_mma_m16n8k16(float (&d)[4], const lk_u32 (&a)[4], const lk_u32 (&b)[2], const float (&c)[4]) {
+    constexpr bool kBf16 = lk_same_type<T, lk_bf16>::value;
+    static_assert(kBf16 || lk_same_type<T, lk_f16>::value, "mma inputs are lk_bf16 or lk_f16");
+#if LK_SM80_PTX
+    if constexpr (kBf16)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%10, %11, %12, %13};\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%10, %11, %12, %13};\n"
+            : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#elif defined(LK_MODE_SIMT)
+    ::lk_simt::warp_matrix_lane lane{kBf16 ? ::lk_simt::matrix_op::mma_m16n8k16_bf16 : ::lk_simt::matrix_op::mma_m16n8k16_f16,
+                                     0, false, a, b, c, d, nullptr, nullptr};
+    ::lk_simt::warp_matrix(&lane);
+#else
+    (void)d, (void)a, (void)b, (void)c;
+    __trap();
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x{kCount}{.trans}.shared.b16: lanes 8j .. 8j+7 give the shared-memory
+// addresses of rows 0..7 (16 bytes each, 16-byte aligned) of matrix j; word j of lane l gets row
+// l/4, columns 2(l%4), 2(l%4)+1 of matrix j (with kTranspose, of its transpose). All 32 lanes call it.
+template <int kCount, bool kTranspose>
+LK_DEVICE void lk_ldmatrix(lk_u32 (&words)[kCount], const void* row) {
+    static_assert(kCount == 1 || kCount == 2 || kCount == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#if LK_SM75_PTX
+    const lk_u32 address = lk_shared_address(row);
+    if constexpr (kCount == 1 && !kTranspose)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(words[0]) : "r"(address) : "memory");
+    else if constexpr (kCount == 1)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(words[0]) : "r"(address) : "memory");
+    else if constexpr (kCount == 2 && !kTranspose)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                     : "=r"(words[0]), "=r"(words[1]) : "r"(address) : "memory");
+    else if constexpr (kCount == 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                     : "=r"(words[0]), "=r"(words[1]) : "r"(address) : "memory");
+    else if constexpr (!kTranspose)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(words[0]), "=r"(words[1]), "=r"(words[2]), "=r"(words[3]) : "r"(address) : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(words[0]), "=r"(words[1]), "=r"(words[2]), "=r"(words[3]) : "r"(address) : "memory");
+#elif defined(LK_MODE_SIMT)
+    ::lk_simt::warp_matrix_lane lane{::lk_simt::matrix_op::ldmatrix_m8n8_b16, kCount, kTranspose, nullptr, nullptr,
+                                     nullptr, nullptr, row, words};
+    ::lk_simt::warp_matrix(&lane);
+#else
+    (void)words, (void)row;
+    __trap();
+#endif
+}
+
+// cp.async of 16 bytes from global to shared memory (both 16-byte aligned); bytes at or past
+// src_bytes (0..16) are zero-filled, so a tile's out-of-range rows cost no branch. kCacheAll: .ca
+// (cache in L1 too), else .cg (L2 only: streamed tiles). Completes at lk_cp_async_wait.
+template <bool kCacheAll>
+LK_DEVICE void lk_cp_async_16(void* shared, const void* global, int src_bytes) {
+#if LK_SM80_PTX
+    const lk_u32 address = lk_shared_address(shared);
+#if LK_CP_ASYNC_L2_PREFETCH
+    if constexpr (kCacheAll)
+        asm volatile("cp.async.ca.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(src_bytes)
+                     : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(src_bytes)
+                     : "memory");
+#else
+    if constexpr (kCacheAll)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(src_bytes) : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(address), "l"(global), "r"(src_bytes) : "memory");
+#endif
+#elif defined(LK_MODE_SIMT)
+    ::lk_simt::cp_async(shared, global, (unsigned)src_bytes);
+#else
+    // Before sm_80: the same bytes, copied now.
+    const unsigned char* from = static_cast<const unsigned char*>(global);
+    unsigned char* to = static_cast<unsigned char*>(shared);
+    for (int i = 0; i < 16; ++i) to[i] = i < src_bytes ? from[i] : (unsigned char)0;
+#endif
+}
+
+// cp.async.commit_group: the copies issued since the last commit become one group.
+LK_DEVICE void lk_cp_async_commit() {
+#if LK_SM80_PTX
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(LK_MODE_SIMT)
+    ::lk_simt::cp_async_commit();
+#endif
+}
+
+// cp.async.wait_group kPending: waits until at most the newest kPending committed groups are in flight.
+template <int kPending>
+LK_DEVICE void lk_cp_async_wait() {
+#if LK_SM80_PTX
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#elif defined(LK_MODE_SIMT)
+    ::lk_simt::cp_async_wait(kPending);
+#endif
 }
 #endif

@@ -73,14 +73,34 @@ LK_DEVICE void lk_decode_zero(const DecodeLayout& s, int M, int r) {
 }
 
 // Stages columns [c0, c0 + cols) of x [M, in] as fp32 and, when with_mask, their dropout keep bits
-// (element m·in + c0 + k, as every LoRA kernel hashes it). Call between two barriers.
+// (element m·in + c0 + k, as every LoRA kernel hashes it): 16-byte loads and stores when x's rows are
+// 16-byte aligned, element by element otherwise. Call between two barriers.
 template <class T>
 LK_DEVICE void lk_decode_stage(const T* x, int M, int in, int c0, int cols, const DecodeLayout& s, bool with_mask,
                                float dropout_p, lk_u64 seed) {
+    constexpr int W = Vec16<T>::kWidth;
+    typedef typename Vec16<T>::Type VecT;
+    typedef typename Vec16<float>::Type VecF;
     const int tid = (int)threadIdx.x;
-    for (int i = tid; i < M * cols; i += kDecodeThreads) {
-        const int m = i / cols, k = i - m * cols;
-        s.x[m * s.x_stride + k] = lk_load(x + m * in + c0 + k);
+    if (in % W == 0 && (reinterpret_cast<lk_u64>(x) & 15ull) == 0) {
+        // 16-byte loads of x (rows aligned: in % W == 0, c0 and cols multiples of W), fp32 16-byte stores.
+        const int vectors = cols / W;
+        for (int i = tid; i < M * vectors; i += kDecodeThreads) {
+            const int m = i / vectors, v = i - m * vectors;
+            const VecT raw = *reinterpret_cast<const VecT*>(x + (lk_i64)m * in + c0 + v * W);
+#pragma unroll
+            for (int h = 0; h < W / 4; ++h) {
+                VecF f;
+#pragma unroll
+                for (int e = 0; e < 4; ++e) f.v[e] = lk_load(&raw.v[4 * h + e]);
+                *reinterpret_cast<VecF*>(s.x + m * s.x_stride + v * W + 4 * h) = f;
+            }
+        }
+    } else {
+        for (int i = tid; i < M * cols; i += kDecodeThreads) {
+            const int m = i / cols, k = i - m * cols;
+            s.x[m * s.x_stride + k] = lk_load(x + (lk_i64)m * in + c0 + k);
+        }
     }
     if (!with_mask) return;
     const int words = lk_ceil_div(cols, 32);
@@ -159,7 +179,7 @@ struct DenseRows {
 
 // The rows [lo, hi) of a dense [*, in] matrix, as lk_decode_rows_scalar, with 16-byte loads when
 // the rows are 16-byte aligned (in a multiple of the vector width and an aligned base), each lane
-// keeping two vectors per row in flight; otherwise the scalar path.
+// loading kDecodeVectorsInFlight vectors of each row before consuming any; otherwise the scalar path.
 template <class T, bool kMasked>
 LK_DEVICE void lk_decode_rows_dense(const T* __restrict__ mat, int in, int lo, int hi, int c0, int cols,
                                     const DecodeLayout& s, float keep, int M, float* dst, int dst_m_stride) {
@@ -182,30 +202,41 @@ LK_DEVICE void lk_decode_rows_dense(const T* __restrict__ mat, int in, int lo, i
 #pragma unroll
             for (int m = 0; m < kDecodeMaxM; ++m) acc[rr][m] = 0.0f;
         const int vectors = cols / W;  // exact: in % W == 0 and c0 is a multiple of W
-#pragma unroll 2  // two vectors per row in flight per lane
-        for (int v = lane; v < vectors; v += 32) {
-            VecT w[R];
+        // kDecodeVectorsInFlight vectors of each row are loaded before any is consumed: R x 4 = 8
+        // 16-byte loads in flight per lane, 32 KiB per SM (see kDecodeVectorsInFlight).
+        for (int v0 = lane; v0 < vectors; v0 += 32 * kDecodeVectorsInFlight) {
+            VecT wf[kDecodeVectorsInFlight][R];
 #pragma unroll
-            for (int rr = 0; rr < R; ++rr) w[rr] = *reinterpret_cast<const VecT*>(row_ptr[rr] + v * W);
+            for (int f = 0; f < kDecodeVectorsInFlight; ++f) {
+                const int v = lk_min(v0 + 32 * f, vectors - 1);  // clamp: a load past the end is never consumed
 #pragma unroll
-            for (int m = 0; m < kDecodeMaxM; ++m) {
-                if (m >= M) break;
-                float xv[W];
+                for (int rr = 0; rr < R; ++rr) wf[f][rr] = *reinterpret_cast<const VecT*>(row_ptr[rr] + v * W);
+            }
 #pragma unroll
-                for (int h = 0; h < W / 4; ++h) {
-                    const VecF xs = *reinterpret_cast<const VecF*>(s.x + m * s.x_stride + v * W + 4 * h);
+            for (int f = 0; f < kDecodeVectorsInFlight; ++f) {
+                const int v = v0 + 32 * f;
+                if (v >= vectors) break;
+                const VecT(&w)[R] = wf[f];
 #pragma unroll
-                    for (int e = 0; e < 4; ++e) xv[4 * h + e] = xs.v[e];
+                for (int m = 0; m < kDecodeMaxM; ++m) {
+                    if (m >= M) break;
+                    float xv[W];
+#pragma unroll
+                    for (int h = 0; h < W / 4; ++h) {
+                        const VecF xs = *reinterpret_cast<const VecF*>(s.x + m * s.x_stride + v * W + 4 * h);
+#pragma unroll
+                        for (int e = 0; e < 4; ++e) xv[4 * h + e] = xs.v[e];
+                    }
+                    if (kMasked) {
+                        const lk_u32 bits = s.mask[m * s.mask_words + (v * W >> 5)] >> (v * W & 31);
+#pragma unroll
+                        for (int e = 0; e < W; ++e) xv[e] *= ((bits >> e) & 1u) ? keep : 0.0f;
+                    }
+#pragma unroll
+                    for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+                        for (int e = 0; e < W; ++e) acc[rr][m] += lk_load(&w[rr].v[e]) * xv[e];
                 }
-                if (kMasked) {
-                    const lk_u32 bits = s.mask[m * s.mask_words + (v * W >> 5)] >> (v * W & 31);
-#pragma unroll
-                    for (int e = 0; e < W; ++e) xv[e] *= ((bits >> e) & 1u) ? keep : 0.0f;
-                }
-#pragma unroll
-                for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-                    for (int e = 0; e < W; ++e) acc[rr][m] += lk_load(&w[rr].v[e]) * xv[e];
             }
         }
         lk_decode_flush<R>(acc, g, lo, hi, M, dst, dst_m_stride);

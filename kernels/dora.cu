@@ -59,8 +59,8 @@
 //       grid-stride.
 //       FLOPs 2·out·in·r (double); bytes 2·s·out·in + s·(r·in + out·r + out) + 4·out.
 //
-// Assumptions: row-major dense tensors, every element count < 2^31 (the C# side guarantees it;
-// flat indices that multiply two dimensions are 64-bit anyway); no alignment required. The scale
+// Assumptions: row-major dense tensors, every dimension < 2^31; element counts (M·out, out·in) may
+// reach 2^31 and beyond, so every flat index and grid-stride loop is 64-bit; no alignment required. The scale
 // and merge kernels take the norm as given: Ops.Dora refuses a zero norm before they run.
 #include "common.cuh"
 #include "row_projection.cuh"
@@ -167,16 +167,15 @@ LK_DEVICE void lk_dora_row_norm(const T* W0, const T* A, const T* B, const int* 
 
 // y = x ⊙ mask: lk_dropout_factor(seed, i, p) on flat element i (the LoRA kernels' mask for x [M, in]).
 LK_DEVICE void lk_dora_dropout(const float* x, float* y, int n, float p, lk_u64 seed) {
-    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += (int)(gridDim.x * blockDim.x))
-        y[i] = x[i] * lk_dropout_factor(seed, (lk_u64)i, p);
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) y[i] = x[i] * lk_dropout_factor(seed, (lk_u64)i, p);
 }
 
 template <class T>
 LK_DEVICE void lk_dora_scale_columns(const T* z, const T* magnitude, const float* norm, const T* bias, T* y, int M,
                                      int out) {
-    const int total = M * out;
-    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < total; i += (int)(gridDim.x * blockDim.x)) {
-        const int j = i % out;
+    const lk_i64 total = (lk_i64)M * out;
+    for (lk_i64 i = lk_grid_first(); i < total; i += lk_grid_stride()) {
+        const int j = (int)(i % out);
         float v = lk_load(magnitude + j) / norm[j] * lk_load(z + i);
         if (bias) v += lk_load(bias + j);
         lk_store(y + i, v);
@@ -190,7 +189,10 @@ LK_DEVICE void lk_dora_magnitude_grad(const T* dy, const T* z, const float* norm
     const int j = (int)blockIdx.x * kGradColumns + lane;
     float sum = 0.0f;
     if (j < out)
-        for (int t = group; t < M; t += kDoraWarps) sum += lk_load(dy + t * out + j) * lk_load(z + t * out + j);
+        for (int t = group; t < M; t += kDoraWarps) {
+            const lk_i64 i = (lk_i64)t * out + j;
+            sum += lk_load(dy + i) * lk_load(z + i);
+        }
     partial[group][lane] = sum;
     __syncthreads();
     if (group == 0 && j < out) {
@@ -202,9 +204,9 @@ LK_DEVICE void lk_dora_magnitude_grad(const T* dy, const T* z, const float* norm
 
 template <class T>
 LK_DEVICE void lk_dora_scale_grad(const T* dy, const T* magnitude, const float* norm, T* dz, int M, int out) {
-    const int total = M * out;
-    for (int i = (int)(blockIdx.x * blockDim.x + threadIdx.x); i < total; i += (int)(gridDim.x * blockDim.x)) {
-        const int j = i % out;
+    const lk_i64 total = (lk_i64)M * out;
+    for (lk_i64 i = lk_grid_first(); i < total; i += lk_grid_stride()) {
+        const int j = (int)(i % out);
         lk_store(dz + i, lk_load(dy + i) * (lk_load(magnitude + j) / norm[j]));
     }
 }
@@ -214,8 +216,7 @@ template <class T>
 LK_DEVICE void lk_dora_merge(T* W, const T* A, const T* B, const T* magnitude, const float* norm, int out, int in,
                              int r, float scale, int invert) {
     const lk_i64 total = (lk_i64)out * in;
-    const lk_i64 stride = (lk_i64)gridDim.x * blockDim.x;
-    for (lk_i64 i = (lk_i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+    for (lk_i64 i = lk_grid_first(); i < total; i += lk_grid_stride()) {
         const lk_i64 row = i / in, k = i - row * in;
         double ba = 0.0;
         for (int a = 0; a < r; ++a) ba += (double)lk_load(B + row * r + a) * (double)lk_load(A + (lk_i64)a * in + k);

@@ -31,17 +31,14 @@ namespace {
 
 static_assert(kElementwiseThreads % 32 == 0 && kElementwiseThreads <= 1024, "whole warps, one block");
 
-LK_DEVICE lk_i64 lk_ew_first() { return (lk_i64)blockIdx.x * kElementwiseThreads + threadIdx.x; }
-LK_DEVICE lk_i64 lk_ew_stride() { return (lk_i64)gridDim.x * kElementwiseThreads; }
-
 template <class Src, class Dst>
 LK_DEVICE void lk_ew_cast(const Src* src, Dst* dst, lk_i64 n) {
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) lk_store(dst + i, lk_load(src + i));
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) lk_store(dst + i, lk_load(src + i));
 }
 
 template <class T>
 LK_DEVICE void lk_ew_fill(T* dst, float value, lk_i64 n) {
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) lk_store(dst + i, value);
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) lk_store(dst + i, value);
 }
 
 LK_DEVICE lk_i64 lk_warp_min_i64(lk_i64 v) {
@@ -61,7 +58,7 @@ template <class T>
 LK_DEVICE void lk_ew_first_nonfinite(const T* src, lk_i64 n, lk_i64* block_first) {
     LK_SHARED(lk_i64, warp_first, [kElementwiseThreads / 32]);
     lk_i64 first = n;
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) {
         if (lk_non_finite(src[i])) {
             first = i;  // a thread's indices only grow, so its first hit is its smallest
             break;
@@ -82,7 +79,7 @@ LK_DEVICE void lk_ew_first_nonfinite(const T* src, lk_i64 n, lk_i64* block_first
 
 extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_relu_forward_f32(const float* x, float* y,
                                                                                 long long n) {
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) {
         const float v = x[i];
         y[i] = v <= 0.0f ? 0.0f : v;
     }
@@ -91,13 +88,13 @@ LK_KERNEL(lk_ew_relu_forward_f32);
 
 extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_relu_backward_f32(const float* x, const float* dy,
                                                                                  float* dx, long long n) {
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 LK_KERNEL(lk_ew_relu_backward_f32);
 
 extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_axpy_f32(float alpha, const float* x, float* y,
                                                                         long long n) {
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) y[i] += alpha * x[i];
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) y[i] += alpha * x[i];
 }
 LK_KERNEL(lk_ew_axpy_f32);
 
@@ -108,7 +105,7 @@ extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_ew_mse_loss
     LK_SHARED(double, warp_sums, [kElementwiseThreads / 32]);
     const double inv_n = 1.0 / (double)n;
     double sum = 0.0;
-    for (lk_i64 i = lk_ew_first(); i < n; i += lk_ew_stride()) {
+    for (lk_i64 i = lk_grid_first(); i < n; i += lk_grid_stride()) {
         const double d = (double)pred[i] - (double)target[i];
         sum += d * d;
         if (dpred) dpred[i] = (float)(2.0 * d * inv_n);

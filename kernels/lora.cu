@@ -7,17 +7,26 @@
 //   lk_lora_project_T        u = dropout(x) Aᵀ                              tiled GEMM
 //   lk_lora_forward_decode_T y (and u) for M <= 16, one launch              W0-streaming GEMV
 //   lk_lora_forward_tiled_T  y = x W0ᵀ + bias + scale·u Bᵀ for any M       tiled GEMM, LoRA as K
+//   lk_lora_forward_mma_bf16 the same on tensor cores (sm_80+)              tile_mma.cuh, LoRA as K
 //   lk_lora_grad_u_T         du = scale·dy B                                tiled GEMM
 //   lk_lora_grad_b_T         dB = scale·dyᵀ u                               tiled GEMM
 //   lk_lora_grad_a_T         dA = duᵀ dropout(x)                            tiled GEMM
 //   lk_lora_grad_x_T         dx = dy W0 + dropout'(du A), one pass          tiled GEMM, LoRA as K
+//   lk_lora_grad_x_mma_bf16  the same on tensor cores (sm_80+)              tile_mma.cuh, LoRA as K
 //   lk_lora_merge_T          W += scale·B A in place (unmerge: -scale)      tiled GEMM epilogue
 //
 // Strategies and why:
 //   * Every op except decode is the shared tile engine (tile_engine.cuh: 64x64 output tiles,
 //     16-deep K slices staged as fp32, converted and dropout-masked while staging, 4x4 register
 //     sub-tiles). The LoRA term of forward and grad_x is a second reduction phase into the same
-//     accumulators, so every output element is written once. A CUDA-core (FMA) engine.
+//     accumulators, so every output element is written once. A CUDA-core (FMA) engine: the fp32
+//     path, and every GPU before sm_80.
+//   * bf16 forward and grad_x, the two products with K = in or out (all the FLOPs of a training
+//     step but 3·M·r·(in + out)), run on tensor cores (tile_mma.cuh: 128x128 tiles, a 3-stage
+//     cp.async ring, ldmatrix, mma.sync m16n8k16, fp32 accumulators). The LoRA phase is its split
+//     columns: scale·u (or du) as three bf16 pieces that sum to the fp32 value exactly, against B
+//     (or A) three times, so the adapter term keeps fp32 u's precision. project, grad_u, grad_b,
+//     grad_a (N = r or K = M with N = r: a few percent of the FLOPs) stay on the FMA engine.
 //   * Decode (M <= 16) is the shared decode engine (decode_engine.cuh) over W0's rows with 16-byte
 //     loads: W0 streamed once, x staged per block, two rows per warp for all M tokens at once.
 //     u = dropout(x) Aᵀ is computed by every block redundantly: M·r·in FMAs per block, i.e.
@@ -40,14 +49,18 @@
 //                bytes s·(out·in + out·r + out + M·out) + 4·M·r, plus x and A once per block from L2
 //   tiled        FLOPs 2·M·out·(in + r);         min bytes s·(M·in + out·in + out·r + out + M·out) + 4·M·r;
 //                x is re-read ceil(out/64) times and W0 ceil(M/64) times, mostly from L2
+//   forward_mma  FLOPs 2·M·out·(in + 3r) on tensor cores; min bytes 2·(M·in + out·in + out·r + out + M·out)
+//                + 4·M·r; x re-read ceil(out/128) times and W0 ceil(M/128) times, mostly from L2
 //   grad_u       FLOPs 2·M·out·r;                min bytes s·(M·out + out·r) + 4·M·r
 //   grad_b       FLOPs 2·M·out·r;                min bytes s·(M·out + out·r) + 4·M·r
 //   grad_a       FLOPs 2·M·r·in;                 min bytes s·(M·in + r·in) + 4·M·r
 //   grad_x       FLOPs 2·M·in·(out + r);         min bytes s·(M·out + out·in + r·in + M·in) + 4·M·r
+//   grad_x_mma   FLOPs 2·M·in·(out + 3r) on tensor cores; min bytes 2·(M·out + out·in + r·in + M·in) + 4·M·r
 //   merge        FLOPs 2·out·in·r;               min bytes s·(2·out·in + r·in + out·r)
 #include "common.cuh"
 #include "decode_engine.cuh"
 #include "tile_engine.cuh"
+#include "tile_mma.cuh"
 
 namespace {
 
@@ -175,6 +188,11 @@ LK_DEVICE void lk_lora_grad_x(const T* dy, const T* W0, const float* du, const T
     lk_tile_for_each(acc, m0, M, n0, in, [&](int m, int k, float v) { lk_store(dx + m * in + k, v); });
 }
 
+// ---- forward and grad_x on tensor cores (bf16, sm_80+): tile_mma.cuh's adapted products -----------
+// With W0 as a bf16 matrix operand: y = [scale·u pieces | x]·[B B B | W0]ᵀ + bias, and dx =
+// dropout'([du pieces]·[A A A]) + dy·W0 (W0 read N-contiguous). Grid (ceil(M/128), ceil(N/128)),
+// block 256, dynamic shared kMmaSharedBytes.
+
 // ---- merge: W += scale·B A ---------------------------------------------------------------------
 // Strategy: tile engine over K = r (B rows against A read transposed); the epilogue reads each W
 // element once and writes it once. Grid (ceil(out/64), ceil(in/64)).
@@ -293,6 +311,20 @@ extern "C" __global__ void __launch_bounds__(kTileThreads) lk_lora_grad_x_bf16(
     lk_lora_grad_x<lk_bf16>(dy, W0, du, A, dx, M, in, out, r, dropout_p, seed);
 }
 LK_KERNEL(lk_lora_grad_x_bf16);
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 2) lk_lora_forward_mma_bf16(
+    const lk_bf16* x, const lk_bf16* W0, const lk_bf16* bias, const float* u, const lk_bf16* B, lk_bf16* y, int M,
+    int in, int out, int r, float scale) {
+    lk_mma_adapted_forward(x, MmaMatrix<true>{W0, in}, bias, u, B, y, M, in, out, r, scale);
+}
+LK_KERNEL(lk_lora_forward_mma_bf16);
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 1) lk_lora_grad_x_mma_bf16(
+    const lk_bf16* dy, const lk_bf16* W0, const float* du, const lk_bf16* A, lk_bf16* dx, int M, int in, int out,
+    int r, float dropout_p, unsigned long long seed) {
+    lk_mma_adapted_grad_x(dy, MmaMatrix<false>{W0, in}, du, A, dx, M, in, out, r, dropout_p, seed);
+}
+LK_KERNEL(lk_lora_grad_x_mma_bf16);
 
 extern "C" __global__ void __launch_bounds__(kTileThreads) lk_lora_merge_bf16(
     lk_bf16* W, const lk_bf16* A, const lk_bf16* B, int out, int in, int r, float scale) {

@@ -17,6 +17,8 @@
 //   lk_nf4_qlora_forward_decode_T  y and u for M <= 16, one launch             W-streaming GEMV
 //   lk_nf4_qlora_forward_tiled_T   y = x deq(W)ᵀ + bias + scale·u Bᵀ           tiled GEMM, LoRA as K
 //   lk_nf4_grad_x_T              dx = dy deq(W) + dropout'(du A), one pass     tiled GEMM, LoRA as K
+//   lk_nf4_matmul_mma_bf16, lk_nf4_qlora_forward_mma_bf16, lk_nf4_grad_x_mma_bf16
+//                                the tiled three on tensor cores (sm_80+)       tile_mma.cuh, W decoded to bf16
 //   lk_nf4_project_f32           P = deq(W) Aᵀ in double (QDoRA's weight norm) one warp per W row
 // u for the tiled forward comes from lk_lora_project_T, and dA, dB, du reuse lk_lora_grad_a/_b/_u
 // (kernels/lora.cu): they never touch W.
@@ -55,6 +57,11 @@
 //     is dequantized while it is staged. The forward reduces the LoRA columns u Bᵀ first, scales,
 //     then continues with x deq(W)ᵀ into the same accumulators; grad_x reduces du A first, applies
 //     each output's dropout factor, then continues with dy deq(W).
+//   * with bf16 activations on sm_80+, the same three run on the tensor-core engine (tile_mma.cuh):
+//     W's slice is decoded into the ring as bf16 (each weight rounded once, relative <= 2^-9, which
+//     is what bitsandbytes' dequantize-then-matmul with a bf16 compute dtype does; the fp32 kernels
+//     keep deq(W) in fp32), x or dy arrive by cp.async. The decode of W is synchronous (loads, then
+//     shared stores, beside the copies in flight): the code bytes are 1/4 of a bf16 slice's.
 //
 //   * project (QDoRA's norm, kernels/dora.cu explains the method): the shared row projection
 //     (row_projection.cuh, as dora.cu's lk_dora_project) with W's rows decoded on the fly: fp32
@@ -85,6 +92,7 @@
 #include "quant_codes.cuh"
 #include "row_projection.cuh"
 #include "tile_engine.cuh"
+#include "tile_mma.cuh"
 
 namespace {
 
@@ -186,8 +194,7 @@ LK_DEVICE void lk_nf4_dequantize(const lk_u8* codes, const float* absmax, const 
     __syncthreads();
     const QuantView q{codes, absmax, qabsmax, absmax2, offset, lk_log2(blocksize), lut, dyn8};
     const lk_i64 bytes = (n + 1) / 2;
-    const lk_i64 stride = (lk_i64)gridDim.x * blockDim.x;
-    for (lk_i64 p = (lk_i64)blockIdx.x * blockDim.x + threadIdx.x; p < bytes; p += stride) {
+    for (lk_i64 p = lk_grid_first(); p < bytes; p += lk_grid_stride()) {
         const lk_u32 byte = codes[p];
         const float scale = lk_block_absmax(q, (2 * p) >> q.shift);  // both elements share a block
         lk_store(w + 2 * p, lut[byte >> 4] * scale);
@@ -235,17 +242,23 @@ LK_DEVICE void lk_nf4_double_quantize(const float* __restrict__ absmax, lk_u8* _
     if (tid == 0) absmax2[blockIdx.x] = m;
 }
 
-// ---- the tile engine (tile_engine.cuh) with a quantized-weight operand ---------------------------
-// deq(W) as an operand; W is stored [out, in] with ld = in. kContiguousK: K is `in` (x deq(W)ᵀ),
-// else K is `out` (dy deq(W)).
+// ---- the tile engines (tile_engine.cuh, tile_mma.cuh) with a quantized-weight operand ------------
+// deq(W) as an operand of either engine; W is stored [out, in] with ld = in. kContiguousK: K is `in`
+// (x deq(W)ᵀ), else K is `out` (dy deq(W)). The FMA engine reads (row, k); the tensor-core engine
+// reads W in its stored orientation (value), and rounds each weight to bf16 when staging it, as
+// bitsandbytes' 4-bit matmul does with a bf16 compute dtype (relative error <= 2^-9 a weight).
 template <bool kContiguousK_>
 struct QuantOperand {
     static constexpr bool kContiguousK = kContiguousK_;
+    static constexpr bool kCopied = false;  // decoded, never copied
     QuantView q;
     int ld;
 
     LK_DEVICE float operator()(int row, int k) const {
         return lk_quant_weight(q, kContiguousK ? row * ld + k : k * ld + row);
+    }
+    LK_DEVICE float value(int stored_row, int stored_col) const {
+        return lk_quant_weight(q, (lk_i64)stored_row * ld + stored_col);
     }
 };
 
@@ -297,6 +310,20 @@ LK_DEVICE void lk_nf4_grad_x(const T* dy, const lk_u8* codes, const float* absma
                      [&](int m, int k, float& v) { v *= lk_dropout_factor(seed, (lk_u64)(m * in + k), dropout_p); });
     lk_tile_reduce(acc, lk_operand<T, true>(dy, out), w, out, m0, M, n0, in, tile_a, tile_b);
     lk_tile_for_each(acc, m0, M, n0, in, [&](int m, int k, float v) { lk_store(dx + m * in + k, v); });
+}
+
+// ---- forward and grad_x on tensor cores (bf16 activations, sm_80+): tile_mma.cuh's adapted products -
+// As the tiled kernels above, on the tensor-core engine: x (or dy) arrives by cp.async, deq(W) is decoded
+// from the codes into the same ring slot as bf16, and the LoRA phase is the engine's split columns.
+// Grid (ceil(M/128), ceil(N/128)), block 256, dynamic shared kMmaSharedBytes plus 1088 static (tables).
+template <bool kContiguousK, class F>
+LK_DEVICE void lk_nf4_mma(const lk_u8* codes, const float* absmax, const lk_u8* qabsmax, const float* absmax2,
+                          float offset, int in, int blocksize, int quant_type, const F& product) {
+    LK_SHARED(float, lut, [16]);
+    LK_SHARED(float, dyn8, [256]);
+    lk_load_tables(lut, dyn8, quant_type, absmax == nullptr, kMmaThreads);
+    __syncthreads();
+    product(QuantOperand<kContiguousK>{{codes, absmax, qabsmax, absmax2, offset, lk_log2(blocksize), lut, dyn8}, in});
 }
 
 // ---- forward, decode (M <= 16): the decode engine (decode_engine.cuh) over 4-bit rows ---------------
@@ -573,6 +600,36 @@ extern "C" __global__ void __launch_bounds__(kTileThreads) lk_nf4_grad_x_bf16(
                            quant_type, dropout_p, seed);
 }
 LK_KERNEL(lk_nf4_grad_x_bf16);
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 2) lk_nf4_matmul_mma_bf16(
+    const lk_bf16* x, const unsigned char* codes, const float* absmax, const unsigned char* qabsmax,
+    const float* absmax2, float offset, const lk_bf16* bias, lk_bf16* y, int M, int in, int out, int blocksize,
+    int quant_type) {
+    lk_nf4_mma<true>(codes, absmax, qabsmax, absmax2, offset, in, blocksize, quant_type, [&](const QuantOperand<true>& w) {
+        lk_mma_adapted_forward(x, w, bias, nullptr, nullptr, y, M, in, out, 0, 0.0f);
+    });
+}
+LK_KERNEL(lk_nf4_matmul_mma_bf16);
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 2) lk_nf4_qlora_forward_mma_bf16(
+    const lk_bf16* x, const unsigned char* codes, const float* absmax, const unsigned char* qabsmax,
+    const float* absmax2, float offset, const lk_bf16* bias, const float* u, const lk_bf16* B, lk_bf16* y, int M,
+    int in, int out, int r, int blocksize, int quant_type, float scale) {
+    lk_nf4_mma<true>(codes, absmax, qabsmax, absmax2, offset, in, blocksize, quant_type, [&](const QuantOperand<true>& w) {
+        lk_mma_adapted_forward(x, w, bias, u, B, y, M, in, out, r, scale);
+    });
+}
+LK_KERNEL(lk_nf4_qlora_forward_mma_bf16);
+
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 1) lk_nf4_grad_x_mma_bf16(
+    const lk_bf16* dy, const unsigned char* codes, const float* absmax, const unsigned char* qabsmax,
+    const float* absmax2, float offset, const float* du, const lk_bf16* A, lk_bf16* dx, int M, int in, int out,
+    int r, int blocksize, int quant_type, float dropout_p, unsigned long long seed) {
+    lk_nf4_mma<false>(codes, absmax, qabsmax, absmax2, offset, in, blocksize, quant_type, [&](const QuantOperand<false>& w) {
+        lk_mma_adapted_grad_x(dy, w, du, A, dx, M, in, out, r, dropout_p, seed);
+    });
+}
+LK_KERNEL(lk_nf4_grad_x_mma_bf16);
 
 extern "C" __global__ void __launch_bounds__(kMeanThreads) lk_nf4_absmax_mean_f32(
     const float* absmax, float* offset, long long nblocks) {

@@ -30,7 +30,8 @@
 //   fold            FLOPs 2·out·r;  bytes s·(2·out·r + out + r) + (copy only) s·2·r·in
 //   grad_lambda_b   FLOPs 3·out·r;  bytes s·(2·out·r + r + out)
 //   grad_lambda_d   FLOPs 3·out·r;  bytes s·(2·out·r + out + r)
-// Assumptions: row-major, every element count < 2^31 (checked in C#), r >= 1. No alignment.
+// Assumptions: row-major, every dimension < 2^31, r >= 1; element counts (r·in + out·r) may pass
+// 2^31, so flat indices and the grid-stride loop are 64-bit. No alignment.
 #include "common.cuh"
 
 namespace {
@@ -46,14 +47,14 @@ static_assert(kVeraThreads % 32 == 0, "whole warps");
 template <class T>
 LK_DEVICE void lk_vera_fold(const T* A, int lda, const T* B, const T* lambda_d, const T* lambda_b, T* A_dense,
                             T* B_folded, int in, int out, int r) {
-    const int copy = A_dense ? r * in : 0;
-    const int total = copy + out * r;
-    for (int idx = (int)(blockIdx.x * blockDim.x + threadIdx.x); idx < total; idx += (int)(gridDim.x * blockDim.x)) {
+    const lk_i64 copy = A_dense ? (lk_i64)r * in : 0;
+    const lk_i64 total = copy + (lk_i64)out * r;
+    for (lk_i64 idx = lk_grid_first(); idx < total; idx += lk_grid_stride()) {
         if (idx < copy) {
-            const int i = idx / in, k = idx - i * in;
+            const lk_i64 i = idx / in, k = idx - i * in;
             A_dense[idx] = A[i * lda + k];
         } else {
-            const int e = idx - copy, j = e / r, i = e - j * r;
+            const lk_i64 e = idx - copy, j = e / r, i = e - j * r;
             lk_store(B_folded + e, lk_load(lambda_b + j) * lk_load(B + e) * lk_load(lambda_d + i));
         }
     }
@@ -67,7 +68,8 @@ LK_DEVICE void lk_vera_grad_lambda_b(const T* G, const T* B, const T* lambda_d, 
     const int j = (int)blockIdx.x * kVeraWarps + (int)threadIdx.x / 32;
     if (j >= out) return;  // warp-uniform, and no barrier follows
     float sum = 0.0f;
-    for (int i = lane; i < r; i += 32) sum += lk_load(G + j * r + i) * lk_load(B + j * r + i) * lk_load(lambda_d + i);
+    const lk_i64 row = (lk_i64)j * r;
+    for (int i = lane; i < r; i += 32) sum += lk_load(G + row + i) * lk_load(B + row + i) * lk_load(lambda_d + i);
     sum = lk_warp_sum(sum);
     if (lane == 0) lk_store(dlambda_b + j, sum);
 }
@@ -82,7 +84,10 @@ LK_DEVICE void lk_vera_grad_lambda_d(const T* G, const T* B, const T* lambda_b, 
     const int i = (int)blockIdx.x * kVeraColumns + lane;
     float sum = 0.0f;
     if (i < r)
-        for (int j = warp; j < out; j += kVeraWarps) sum += lk_load(G + j * r + i) * lk_load(B + j * r + i) * lk_load(lambda_b + j);
+        for (int j = warp; j < out; j += kVeraWarps) {
+            const lk_i64 e = (lk_i64)j * r + i;
+            sum += lk_load(G + e) * lk_load(B + e) * lk_load(lambda_b + j);
+        }
     partial[warp][lane] = sum;
     __syncthreads();
     if (warp == 0 && i < r) {

@@ -2,6 +2,7 @@
 // memory, faults and deadlock reports. See block.h for the scheduling model.
 #include "block.h"
 
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <new>
@@ -23,6 +24,7 @@ const char* collective_name(collective kind) {
         case collective::ballot: return "__ballot_sync";
         case collective::any: return "__any_sync";
         case collective::all: return "__all_sync";
+        case collective::warp_matrix: return "a warp-wide matrix instruction (mma.sync / ldmatrix)";
     }
     return "an unknown collective";
 }
@@ -123,6 +125,7 @@ lk_status block_runner::run(const kernel_call& call, std::uint64_t block_linear)
     }
     fibers_.resize(thread_count_);
     ready_.resize(thread_count_);
+    copies_.resize((std::size_t)thread_count_ * max_pending_copies);
     const std::uint32_t warp_count = (thread_count_ + 31) / 32;
     warps_.resize(warp_count);
     for (std::uint32_t w = 0; w < warp_count; ++w) {
@@ -157,6 +160,8 @@ lk_status block_runner::run(const kernel_call& call, std::uint64_t block_linear)
         f.coords.grid_dim = g;
         f.runner = this;
         f.linear_id = i;
+        f.pending_copies = 0;
+        f.committed_groups = 0;
         prepare_context(f.context, stacks_[i], &fiber_main, &f);
         make_ready(f);
     }
@@ -237,6 +242,12 @@ void block_runner::finish_thread(fiber& self) {
                   "reach the collective",
                   j, collective_name(w.kind[j]), w.mask[j]);
         }
+    }
+    if (self.pending_copies > 0) {
+        fault(self, LK_ERR_KERNEL_FAULT,
+              "exited with %u cp.async copies never waited for: wait for every group (cp.async.wait_group 0) "
+              "before the thread ends",
+              self.pending_copies);
     }
     if (barrier_arrived_ > 0) {
         fault(self, LK_ERR_KERNEL_FAULT,
@@ -360,7 +371,10 @@ unsigned long long block_runner::warp_collective(fiber& self, collective kind, s
 
 void block_runner::complete_collective(warp_state& w, collective kind, std::uint32_t mask, std::uint32_t self_lane,
                                        std::uint32_t warp_index) {
-    if (kind == collective::sync_warp) {
+    if (kind == collective::warp_matrix) {
+        complete_warp_matrix(w, warp_index, fibers_[warp_index * 32 + self_lane]);
+        for (std::uint32_t lanes = mask; lanes != 0; lanes &= lanes - 1) w.result[lowest_lane(lanes)] = 0;
+    } else if (kind == collective::sync_warp) {
         for (std::uint32_t lanes = mask; lanes != 0; lanes &= lanes - 1) w.result[lowest_lane(lanes)] = 0;
     } else if (kind == collective::ballot || kind == collective::any || kind == collective::all) {
         std::uint32_t ballot = 0;
@@ -397,6 +411,57 @@ void block_runner::complete_collective(warp_state& w, collective kind, std::uint
     }
 }
 
+bool block_runner::in_shared(const void* address, std::size_t bytes) const {
+    const auto inside = [&](const void* base, std::size_t size) {
+        const auto p = reinterpret_cast<std::uintptr_t>(address), b = reinterpret_cast<std::uintptr_t>(base);
+        return p >= b && p - b <= size && size - (p - b) >= bytes;
+    };
+    if (dynamic_shared_ != nullptr && inside(dynamic_shared_, call_->dynamic_shared_bytes)) return true;
+    for (const shared_array& a : shared_arrays_)
+        if (inside(a.storage, a.bytes)) return true;
+    return false;
+}
+
+void block_runner::warp_matrix(fiber& self, warp_matrix_lane* lane) {
+    warp_collective(self, collective::warp_matrix, 0xffffffffu, reinterpret_cast<unsigned long long>(lane), 0, 32);
+}
+
+void block_runner::cp_async(fiber& self, void* destination, const void* source, std::uint32_t src_bytes) {
+    if (src_bytes > 16) fault(self, LK_ERR_KERNEL_FAULT, "cp.async of 16 bytes with a source size of %u bytes", src_bytes);
+    if ((reinterpret_cast<std::uintptr_t>(destination) & 15u) != 0 || (reinterpret_cast<std::uintptr_t>(source) & 15u) != 0)
+        fault(self, LK_ERR_KERNEL_FAULT, "cp.async of 16 bytes from %p to %p: both addresses must be 16-byte aligned", source,
+              destination);
+    if (!in_shared(destination, 16))
+        fault(self, LK_ERR_KERNEL_FAULT, "cp.async to %p, which is not in the block's shared memory", destination);
+    if (self.pending_copies == max_pending_copies)
+        fault(self, LK_ERR_KERNEL_FAULT, "more than %u cp.async copies in flight in one thread (the emulator's bound)",
+              max_pending_copies);
+    copies_[(std::size_t)self.linear_id * max_pending_copies + self.pending_copies++] = {destination, source, src_bytes,
+                                                                                          self.committed_groups};
+}
+
+void block_runner::cp_async_commit(fiber& self) { ++self.committed_groups; }
+
+void block_runner::cp_async_wait(fiber& self, int newest_pending) {
+    if (newest_pending < 0) fault(self, LK_ERR_KERNEL_FAULT, "cp.async.wait_group %d: the count must be >= 0", newest_pending);
+    // Groups numbered below `done` complete now; the newest `newest_pending` committed groups and
+    // the copies not yet committed stay in flight, in issue order.
+    const std::uint32_t pending = (std::uint32_t)newest_pending;
+    const std::uint32_t done = self.committed_groups > pending ? self.committed_groups - pending : 0;
+    async_copy* mine = &copies_[(std::size_t)self.linear_id * max_pending_copies];
+    std::uint32_t kept = 0;
+    for (std::uint32_t i = 0; i < self.pending_copies; ++i) {
+        const async_copy c = mine[i];
+        if (c.group < done) {
+            std::memcpy(c.destination, c.source, c.src_bytes);
+            std::memset(static_cast<unsigned char*>(c.destination) + c.src_bytes, 0, 16 - c.src_bytes);
+        } else {
+            mine[kept++] = c;
+        }
+    }
+    self.pending_copies = kept;
+}
+
 void* block_runner::static_shared(fiber& self, const void* key, std::size_t bytes, std::size_t alignment) {
     for (const shared_array& a : shared_arrays_) {
         if (a.key == key) return a.storage;
@@ -418,7 +483,7 @@ void* block_runner::static_shared(fiber& self, const void* key, std::size_t byte
     bool recorded = false;
     if (storage != nullptr) {
         try {
-            shared_arrays_.push_back({key, storage, alignment});
+            shared_arrays_.push_back({key, storage, alignment, bytes});
             recorded = true;
         } catch (const std::bad_alloc&) {
             ::operator delete(storage, std::align_val_t(alignment));
@@ -512,6 +577,26 @@ void* block_shared(const void* key, std::size_t bytes, std::size_t alignment) no
 }
 
 void* dynamic_shared() noexcept { return tls_current->runner->dynamic_shared(); }
+
+void warp_matrix(warp_matrix_lane* lane) noexcept {
+    fiber* self = tls_current;
+    self->runner->warp_matrix(*self, lane);
+}
+
+void cp_async(void* shared_destination, const void* global_source, unsigned src_bytes) noexcept {
+    fiber* self = tls_current;
+    self->runner->cp_async(*self, shared_destination, global_source, src_bytes);
+}
+
+void cp_async_commit() noexcept {
+    fiber* self = tls_current;
+    self->runner->cp_async_commit(*self);
+}
+
+void cp_async_wait(int newest_pending) noexcept {
+    fiber* self = tls_current;
+    self->runner->cp_async_wait(*self, newest_pending);
+}
 
 void trap() noexcept {
     fiber* self = tls_current;

@@ -34,6 +34,17 @@ struct kernel_call {
 
 enum class fiber_state : std::uint8_t { ready, running, at_barrier, at_collective, exited };
 
+// A cp.async issued and not yet performed; `group` is the issuing thread's count of commits at the
+// time (so it belongs to the next group that thread commits).
+struct async_copy {
+    void* destination;
+    const void* source;
+    std::uint32_t src_bytes;
+    std::uint32_t group;
+};
+// The emulator's bound on a thread's copies in flight (a multi-stage pipeline keeps a few per stage).
+constexpr std::uint32_t max_pending_copies = 64;
+
 class block_runner;
 
 struct fiber {
@@ -42,6 +53,8 @@ struct fiber {
     block_runner* runner;
     std::uint32_t linear_id;  // x + y*bx + z*bx*by; warp = linear_id / 32, lane = linear_id % 32
     fiber_state state;
+    std::uint32_t pending_copies;    // this thread's entries in block_runner's copy table
+    std::uint32_t committed_groups;  // cp.async.commit_group calls so far
 };
 
 // The lanes of one warp and the collective each waiting lane is at.
@@ -82,6 +95,11 @@ public:
                                        unsigned long long value, int operand, int width);
     void* static_shared(fiber& self, const void* key, std::size_t bytes, std::size_t alignment);
     void* dynamic_shared() const { return dynamic_shared_; }
+    // mma.sync / ldmatrix: a warp collective whose last lane computes every lane's result.
+    void warp_matrix(fiber& self, warp_matrix_lane* lane);
+    void cp_async(fiber& self, void* destination, const void* source, std::uint32_t src_bytes);
+    void cp_async_commit(fiber& self);
+    void cp_async_wait(fiber& self, int newest_pending);
     [[noreturn]] void fault(fiber& self, lk_status status, const char* format, ...)
         __attribute__((format(printf, 4, 5)));
 
@@ -93,6 +111,7 @@ private:
         const void* key;
         void* storage;
         std::size_t alignment;
+        std::size_t bytes;
     };
 
     bool call_kernel();
@@ -110,6 +129,10 @@ private:
     [[noreturn]] void fail_blockf(fiber& running, const fiber* blamed, lk_status status, const char* format, ...)
         __attribute__((format(printf, 5, 6)));
     void release_shared_memory();
+    // True when [address, address + bytes) lies inside one of the block's shared arrays or its dynamic shared memory.
+    bool in_shared(const void* address, std::size_t bytes) const;
+    // Computes a completed warp_matrix collective (warp_matrix.cpp); `self` is the completing lane.
+    void complete_warp_matrix(warp_state& w, std::uint32_t warp_index, fiber& self);
 
     const kernel_call* call_ = nullptr;
     uint3 block_idx_{};
@@ -125,6 +148,7 @@ private:
     std::vector<shared_array> shared_arrays_;
     std::size_t static_shared_bytes_ = 0;
     void* dynamic_shared_ = nullptr;
+    std::vector<async_copy> copies_;  // max_pending_copies entries per thread
     lk_status status_ = LK_OK;
     char message_[896] = {};
     char exception_text_[256] = {};

@@ -54,7 +54,8 @@ struct thread_coords {
 LK_SIMT_EXPORT const thread_coords* current_coords() noexcept __attribute__((const));
 
 // The collectives a warp's lanes can meet at; lanes named in one mask must meet at the same kind.
-enum class collective : int { sync_warp, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all };
+// warp_matrix is mma.sync / ldmatrix (warp_matrix.cpp), which every lane of the warp executes together.
+enum class collective : int { sync_warp, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all, warp_matrix };
 
 // Barrier of all threads of the block. Never returns if the block faults (the block is abandoned).
 LK_SIMT_EXPORT void sync_threads() noexcept;
@@ -70,6 +71,39 @@ LK_SIMT_EXPORT void* block_shared(const void* key, std::size_t bytes, std::size_
 LK_SIMT_EXPORT void* dynamic_shared() noexcept;
 // Reports a kernel fault naming the calling thread and abandons its block.
 [[noreturn]] LK_SIMT_EXPORT void trap() noexcept;
+
+// ---- warp-level matrix instructions (kernels/common.cuh's lk_mma_*, lk_ldmatrix, lk_cp_async_*) ----
+// What one lane hands to a warp-wide mma.sync or ldmatrix: the instruction and pointers to its own
+// registers (fragments of 32-bit words, two 16-bit elements each, the first in the low half). The
+// warp's last lane to arrive computes every lane's result from the PTX ISA's fragment layouts
+// (warp_matrix.cpp) and writes it through the lanes' output pointers.
+enum class matrix_op : int { mma_m16n8k16_bf16, mma_m16n8k16_f16, ldmatrix_m8n8_b16 };
+struct warp_matrix_lane {
+    matrix_op op;
+    int matrices;               // ldmatrix: .x1, .x2 or .x4
+    bool transpose;             // ldmatrix: .trans
+    const unsigned* a;          // mma: 4 words of A (16 x 16, row)
+    const unsigned* b;          // mma: 2 words of B (16 x 8, col)
+    const float* c;             // mma: 4 floats of C (16 x 8)
+    float* d;                   // mma: 4 floats of D
+    const void* row_address;    // ldmatrix: this lane's row (lanes 8j..8j+7 give matrix j's rows)
+    unsigned* words;            // ldmatrix: `matrices` words out
+};
+// Every lane of the warp calls this with its own record (mma.sync and ldmatrix are .aligned: all 32
+// lanes execute the same instruction); faults on a partial warp, mismatched instructions, or an
+// ldmatrix row outside the block's shared memory or not 16-byte aligned.
+LK_SIMT_EXPORT void warp_matrix(warp_matrix_lane* lane) noexcept;
+
+// cp.async: a 16-byte copy from global to shared memory that completes only when the thread waits
+// for its group. The emulator performs it at that wait (so a read before the wait sees the old
+// shared bytes); bytes past src_bytes are zero-filled. Destination in the block's shared memory,
+// both addresses 16-byte aligned, src_bytes <= 16, else a fault. A thread that exits with copies
+// never waited for faults.
+LK_SIMT_EXPORT void cp_async(void* shared_destination, const void* global_source, unsigned src_bytes) noexcept;
+// cp.async.commit_group: the copies issued since the last commit form a group.
+LK_SIMT_EXPORT void cp_async_commit() noexcept;
+// cp.async.wait_group n: completes every committed group but the newest `newest_pending`.
+LK_SIMT_EXPORT void cp_async_wait(int newest_pending) noexcept;
 
 // Kernel registry: lk_simt_launch("name", ..., args) calls the trampoline with the args array.
 using kernel_trampoline = void (*)(void** args);

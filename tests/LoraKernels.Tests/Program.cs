@@ -9,7 +9,9 @@ namespace LoraKernels.Tests;
 /// the remaining arguments instead, so the GPU bundle ships a single self-contained program whose
 /// one trimmed runtime serves both. With "gc-stress", "train-digest", "wait-policy" or "paged-memory" first
 /// it runs the child programs that GcStressTests, DeterminismTests, OpenMpWaitPolicyTests and PagedStateTests
-/// start (Safety/*Program.cs, Optim/PagedMemoryProgram.cs).
+/// start (Safety/*Program.cs, Optim/PagedMemoryProgram.cs); with "cuda-fault" the one CudaHealthTests starts
+/// (Runtime/CudaFaultProgram.cs); with "gpu-compare" the GPU bundle's lean comparison against cuBLAS
+/// (benchmarks' GpuComparison).
 /// </summary>
 internal static class Program
 {
@@ -25,6 +27,10 @@ internal static class Program
             return Safety.WaitPolicyProgram.Run(args[1..]);
         if (args.Length > 0 && args[0] == "paged-memory")
             return Optim.PagedMemoryProgram.Run(args[1..]);
+        if (args.Length > 0 && args[0] == Runtime.CudaFaultProgram.Command)
+            return Runtime.CudaFaultProgram.Run();
+        if (args.Length > 0 && args[0] == LoraKernels.Benchmarks.GpuComparison.GpuComparisonProgram.Command)
+            return LoraKernels.Benchmarks.GpuComparison.GpuComparisonProgram.Run(args[1..]);
 
         ITestApplicationBuilder builder = await TestApplication.CreateBuilderAsync(args);
         builder.AddSelfRegisteredExtensions(args);

@@ -20,6 +20,17 @@ internal static unsafe partial class Cublas
                                           float* alpha, float* a, int lda, float* b, int ldb,
                                           float* beta, float* c, int ldc);
 
+    // cudaDataType_t, cublasComputeType_t and cublasGemmAlgo_t values (library_types.h, cublas_api.h).
+    public const int DataTypeF32 = 0;       // CUDA_R_32F
+    public const int DataTypeBf16 = 14;     // CUDA_R_16BF
+    public const int ComputeF32 = 68;       // CUBLAS_COMPUTE_32F: fp32 products and sums (tensor cores for bf16 inputs)
+    public const int GemmDefault = -1;      // CUBLAS_GEMM_DEFAULT: cuBLAS picks the algorithm
+
+    [LibraryImport(LibraryNames.Cublas)]
+    public static partial int cublasGemmEx(IntPtr handle, int transA, int transB, int m, int n, int k, float* alpha,
+                                           void* a, int aType, int lda, void* b, int bType, int ldb, float* beta,
+                                           void* c, int cType, int ldc, int computeType, int algo);
+
     /// <summary>
     /// <c>cublasGetStatusString</c> (cuBLAS 11.4.2 and newer), looked up by name because older
     /// libraries lack it; null when absent.

@@ -16,6 +16,13 @@ internal static unsafe partial class CudaDriver
     public const int AttributeComputeCapabilityMajor = 75;
     public const int AttributeComputeCapabilityMinor = 76;
     public const int AttributeMaxSharedMemoryPerBlockOptin = 97;
+    public const int AttributeMemoryPoolsSupported = 115;
+    public const int AttributeL2CacheSize = 38;
+
+    public const int ErrorOutOfMemory = 2;
+
+    // CUmemPool_attribute: bytes a pool keeps cached when released memory is not in use.
+    public const int MemPoolAttributeReleaseThreshold = 4;
 
     // CUfunction_attribute.
     public const int FunctionAttributeMaxDynamicSharedSizeBytes = 8;
@@ -39,6 +46,12 @@ internal static unsafe partial class CudaDriver
     [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemcpyDtoD_v2")] public static partial int cuMemcpyDtoD(ulong destination, ulong source, nuint bytes);
     [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemsetD8_v2")] public static partial int cuMemsetD8(ulong destination, byte value, nuint count);
     [LibraryImport(LibraryNames.Cuda, EntryPoint = "cuMemGetInfo_v2")] public static partial int cuMemGetInfo(nuint* free, nuint* total);
+    // Stream-ordered allocation (driver API 11.2 and newer).
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemAllocAsync(ulong* devicePointer, nuint bytes, IntPtr stream);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemFreeAsync(ulong devicePointer, IntPtr stream);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuDeviceGetDefaultMemPool(IntPtr* pool, int device);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemPoolSetAttribute(IntPtr pool, int attribute, void* value);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuMemPoolTrimTo(IntPtr pool, nuint minBytesToKeep);
 
     // Pinned host and managed memory, and copies that overlap kernels (paged optimizer state).
     public const uint MemHostAllocPortable = 0x01;   // CU_MEMHOSTALLOC_PORTABLE: pinned for every context
@@ -69,6 +82,9 @@ internal static unsafe partial class CudaDriver
     public static partial int cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ,
                                              uint blockX, uint blockY, uint blockZ, uint sharedMemBytes,
                                              IntPtr stream, void** kernelParams, void** extra);
+
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuEventSynchronize(IntPtr e);
+    [LibraryImport(LibraryNames.Cuda)] public static partial int cuEventElapsedTime(float* milliseconds, IntPtr start, IntPtr end);
 
     [LibraryImport(LibraryNames.Cuda)] public static partial int cuGetErrorName(int error, byte** name);
     [LibraryImport(LibraryNames.Cuda)] public static partial int cuGetErrorString(int error, byte** description);

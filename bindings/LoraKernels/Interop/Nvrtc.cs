@@ -23,4 +23,7 @@ internal static unsafe partial class Nvrtc
     [LibraryImport(LibraryNames.Nvrtc)] public static partial int nvrtcGetPTXSize(IntPtr program, nuint* size);
     [LibraryImport(LibraryNames.Nvrtc)] public static partial int nvrtcGetPTX(IntPtr program, byte* ptx);
     [LibraryImport(LibraryNames.Nvrtc)] public static partial int nvrtcDestroyProgram(IntPtr* program);
+    // NVRTC 11.2 and newer: the architectures its --gpu-architecture accepts, as 10·major + minor.
+    [LibraryImport(LibraryNames.Nvrtc)] public static partial int nvrtcGetNumSupportedArchs(int* count);
+    [LibraryImport(LibraryNames.Nvrtc)] public static partial int nvrtcGetSupportedArchs(int* architectures);
 }

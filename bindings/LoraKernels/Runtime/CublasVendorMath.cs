@@ -1,4 +1,4 @@
-// IVendorMath on a CUDA device: cuBLAS SGEMM on the device's stream. cuBLAS is column-major;
+// IVendorMath on a CUDA device: cuBLAS SGEMM and GemmEx (bf16 inputs, fp32 compute) on the device's stream. cuBLAS is column-major;
 // a row-major C = op(A)·op(B) is the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ, so the operands (and
 // M with N) are swapped and the same transpose flags passed. The SVD is cuSOLVER's gesvd
 // (CudaSolver), which is column-major too and needs rows >= columns: see Svd.
@@ -26,6 +26,21 @@ internal sealed unsafe class CublasVendorMath : IVendorMath, IDisposable
                                         n, m, k, &alpha, (float*)b, ldb, (float*)a, lda, &beta, (float*)c, ldc));
     }
 
+    public void GemmBf16(bool transA, bool transB, int m, int n, int k, float alpha,
+                         ulong a, int lda, ulong b, int ldb, float beta, ulong c, int ldc, DType cType)
+    {
+        int cDataType = cType switch
+        {
+            DType.BF16 => Cublas.DataTypeBf16,
+            DType.F32 => Cublas.DataTypeF32,
+            _ => throw new NotSupportedException($"cublasGemmEx output of dtype {cType}."),
+        };
+        _device.Enter();
+        Check.Cublas(Cublas.cublasGemmEx(_handle.Raw, transB ? Cublas.OpT : Cublas.OpN, transA ? Cublas.OpT : Cublas.OpN,
+                                         n, m, k, &alpha, (void*)b, Cublas.DataTypeBf16, ldb, (void*)a, Cublas.DataTypeBf16, lda,
+                                         &beta, (void*)c, cDataType, ldc, Cublas.ComputeF32, Cublas.GemmDefault));
+    }
+
     /// <summary>
     /// Row-major A [m, n] is the column-major Aᵀ [n, m]. When n ≥ m, gesvd factors Aᵀ = U'·S·V'ᵀ
     /// directly, and since A = V'·S·U'ᵀ, cuSOLVER's column-major U' [n, m] is exactly the row-major
@@ -41,12 +56,12 @@ internal sealed unsafe class CublasVendorMath : IVendorMath, IDisposable
         _device.Enter();
         if (n >= m)
         {
-            Check.Cuda(CudaDriver.cuMemcpyDtoD(work.Address, a, (nuint)(elements * sizeof(float))));
+            _device.Cuda(CudaDriver.cuMemcpyDtoD(work.Address, a, (nuint)(elements * sizeof(float))));
             _device.Solver.Gesvd(n, m, work.Address, n, s, vt, n, u, m);
             return;
         }
         float[] host = new float[elements];
-        fixed (float* pointer = host) Check.Cuda(CudaDriver.cuMemcpyDtoH(pointer, a, (nuint)(elements * sizeof(float))));
+        fixed (float* pointer = host) _device.Cuda(CudaDriver.cuMemcpyDtoH(pointer, a, (nuint)(elements * sizeof(float))));
         Upload(work.Address, Transpose(host, m, n));
         using DeviceBuffer uColumnMajor = _device.Allocate(elements * sizeof(float));
         using DeviceBuffer vtColumnMajor = _device.Allocate((long)n * n * sizeof(float));
@@ -70,14 +85,14 @@ internal sealed unsafe class CublasVendorMath : IVendorMath, IDisposable
     {
         float[] host = new float[elements];
         _device.Enter();
-        fixed (float* pointer = host) Check.Cuda(CudaDriver.cuMemcpyDtoH(pointer, source, (nuint)(elements * sizeof(float))));
+        fixed (float* pointer = host) _device.Cuda(CudaDriver.cuMemcpyDtoH(pointer, source, (nuint)(elements * sizeof(float))));
         return host;
     }
 
     private void Upload(ulong destination, float[] values)
     {
         _device.Enter();
-        fixed (float* pointer = values) Check.Cuda(CudaDriver.cuMemcpyHtoD(destination, pointer, (nuint)((long)values.Length * sizeof(float))));
+        fixed (float* pointer = values) _device.Cuda(CudaDriver.cuMemcpyHtoD(destination, pointer, (nuint)((long)values.Length * sizeof(float))));
     }
 
     public void Dispose() => _handle.Dispose();

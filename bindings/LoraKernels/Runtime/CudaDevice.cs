@@ -46,7 +46,13 @@ public sealed class CudaDevice : Device
     /// <summary>Free and total device memory in bytes now (cuMemGetInfo).</summary>
     public (long Free, long Total) MemoryInfo() => KernelDevice.MemoryInfo();
 
-    /// <summary>Where each kernel family loaded so far came from: "fatbin PATH", "disk cache PATH" or "nvrtc".</summary>
+    /// <summary>
+    /// What NVRTC builds for this GPU: its own sm_XY cubin, or, when the GPU is newer than the loaded NVRTC,
+    /// an older cubin it runs or compute_XY PTX the driver JIT-compiles (<see cref="Runtime.NvrtcTarget.For"/>).
+    /// </summary>
+    public NvrtcTarget NvrtcTarget => KernelDevice.NvrtcTarget;
+
+    /// <summary>Where each kernel family loaded so far came from: "fatbin PATH", "disk cache PATH" or "nvrtc TARGET".</summary>
     public IReadOnlyDictionary<string, string> KernelModuleOrigins => KernelDevice.ModuleOrigins;
 
     public override string Name => $"cuda:{Ordinal} {KernelDevice.DeviceName} ({Architecture})";
@@ -54,6 +60,42 @@ public sealed class CudaDevice : Device
     public override string ToString() => $"cuda:{Ordinal}";
 
     public override void Synchronize() => KernelDevice.Synchronize();
+
+    /// <summary>
+    /// Debug switch: synchronise after every kernel launch, so a kernel that faults is reported by name
+    /// (at the cost of overlap). Starts as the environment variable LORAKERNELS_SYNC_LAUNCHES == "1".
+    /// </summary>
+    public bool SynchronizeEveryLaunch
+    {
+        get => KernelDevice.SynchronizeEveryLaunch;
+        set => KernelDevice.SynchronizeEveryLaunch = value;
+    }
+
+    /// <summary>
+    /// Whether bf16 products (the LoRA and QLoRA forward and input gradient with more than a decode's
+    /// tokens) run on the tensor-core engine; they do on sm_80 and newer unless this is set false (or
+    /// LORAKERNELS_TENSOR_CORES=0), which selects the CUDA-core tile engine, e.g. to compare the two.
+    /// </summary>
+    public bool UseTensorCores
+    {
+        get => KernelDevice.UseTensorCores;
+        set => KernelDevice.UseTensorCores = value;
+    }
+
+    /// <summary>True when bf16 products run on tensor cores now (sm_80+ and <see cref="UseTensorCores"/>).</summary>
+    public bool TensorCores => KernelDevice.TensorCores;
+
+    /// <summary>
+    /// True when buffers come from the driver's stream-ordered memory pool (CUDA 11.2+): a free is queued on the
+    /// device's stream instead of synchronising the device, and freed memory stays cached in the pool for reuse.
+    /// </summary>
+    public bool StreamOrderedAllocation => KernelDevice.StreamOrderedAllocation;
+
+    /// <summary>False once a sticky error (an illegal address, a trap, a failed launch) has made the GPU's context unusable.</summary>
+    public bool IsUsable => KernelDevice.Lost is null;
+
+    /// <summary>Why the device is unusable (what every call now throws), or null while it is usable.</summary>
+    public CudaDeviceLostException? LostReason => KernelDevice.Lost;
 
     internal CudaKernelDevice KernelDevice { get; }
 

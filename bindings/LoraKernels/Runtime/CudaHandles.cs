@@ -116,40 +116,50 @@ internal sealed class CudaModuleHandle : CudaContextBoundHandle
 }
 
 /// <summary>
-/// One allocation of device memory (cuMemAlloc), managed memory (cuMemAllocManaged) or pinned host memory
-/// (cuMemHostAlloc, portable and mapped, so its host address is also the device's); updates the device's
-/// live-allocation counter when freed.
+/// One allocation: device memory from a CudaAllocator (the stream-ordered pool, or cuMemAlloc), managed memory
+/// (cuMemAllocManaged) or pinned host memory (cuMemHostAlloc, portable and mapped, so its host address is also the
+/// device's); updates the device's live-allocation counter when freed, and keeps the allocator's stream alive until
+/// then (its frees are queued on that stream).
 /// </summary>
 internal sealed class CudaMemoryHandle : CudaContextBoundHandle
 {
     private readonly AllocationCounter _counter;
+    private readonly CudaAllocator _allocator;
     private readonly long _bytes;
     private readonly MemoryKind _kind;
+    private bool _streamReferenced;
 
-    private CudaMemoryHandle(CudaContextHandle context, AllocationCounter counter, long bytes, MemoryKind kind) : base(context)
+    private CudaMemoryHandle(CudaContextHandle context, AllocationCounter counter, CudaAllocator allocator, long bytes, MemoryKind kind)
+        : base(context)
     {
         _counter = counter;
+        _allocator = allocator;
         _bytes = bytes;
         _kind = kind;
     }
 
-    public static unsafe CudaMemoryHandle Allocate(CudaContextHandle context, AllocationCounter counter, long bytes, MemoryKind kind = MemoryKind.Device)
+    public static unsafe CudaMemoryHandle Allocate(CudaContextHandle context, AllocationCounter counter, CudaAllocator allocator, long bytes,
+                                                   MemoryKind kind = MemoryKind.Device)
     {
-        var memory = new CudaMemoryHandle(context, counter, bytes, kind);
+        var memory = new CudaMemoryHandle(context, counter, allocator, bytes, kind);
+        if (kind == MemoryKind.Device) allocator.AddStreamReference(ref memory._streamReferenced);
         // The driver rejects 0 bytes; an empty tensor still gets a distinct, valid address.
         nuint size = (nuint)Math.Max(bytes, 1);
         ulong pointer = 0;
         void* host = null;
         int result = kind switch
         {
-            MemoryKind.Device => CudaDriver.cuMemAlloc(&pointer, size),
+            MemoryKind.Device => allocator.Allocate(&pointer, size),
             MemoryKind.Managed => CudaDriver.cuMemAllocManaged(&pointer, size, CudaDriver.MemAttachGlobal),
             MemoryKind.PinnedHost => CudaDriver.cuMemHostAlloc(&host, size, CudaDriver.MemHostAllocPortable | CudaDriver.MemHostAllocDeviceMap),
             _ => throw new NotSupportedException($"A CUDA device has no {kind} memory."),
         };
         if (kind == MemoryKind.PinnedHost) pointer = (ulong)host;
         if (result != CudaDriver.Success)
-            throw Check.CudaError($"{AllocationCall(kind)} of {bytes} bytes ({bytes / (1024.0 * 1024.0):F1} MiB)", result);
+        {
+            memory.ReleaseStream();
+            throw Check.CudaError($"{AllocationCall(kind, allocator)} of {bytes} bytes ({bytes / (1024.0 * 1024.0):F1} MiB)", result);
+        }
         // Counted before Adopt: if Adopt has to free the memory again, Destroy uncounts it.
         counter.Add(bytes);
         memory.Adopt((IntPtr)pointer);
@@ -160,29 +170,45 @@ internal sealed class CudaMemoryHandle : CudaContextBoundHandle
 
     protected override unsafe bool Destroy(IntPtr raw)
     {
-        bool freed = (_kind == MemoryKind.PinnedHost ? CudaDriver.cuMemFreeHost((void*)raw) : CudaDriver.cuMemFree((ulong)raw)) == CudaDriver.Success;
+        bool freed = _kind switch
+        {
+            MemoryKind.PinnedHost => CudaDriver.cuMemFreeHost((void*)raw),
+            MemoryKind.Managed => CudaDriver.cuMemFree((ulong)raw),
+            _ => _allocator.Free((ulong)raw),
+        } == CudaDriver.Success;
         if (freed) _counter.Remove(_bytes);
+        ReleaseStream();
         return freed;
     }
 
-    private static string AllocationCall(MemoryKind kind) => kind switch
+    private static string AllocationCall(MemoryKind kind, CudaAllocator allocator) => kind switch
     {
         MemoryKind.Managed => "cuMemAllocManaged",
         MemoryKind.PinnedHost => "cuMemHostAlloc (pinned host memory)",
-        _ => "cuMemAlloc",
+        _ => allocator.StreamOrdered ? "cuMemAllocAsync" : "cuMemAlloc",
     };
+
+    private void ReleaseStream()
+    {
+        if (!_streamReferenced) return;
+        _streamReferenced = false;
+        _allocator.ReleaseStreamReference();
+    }
 }
 
-/// <summary>An event without timing, recorded on a stream so another stream can wait for it.</summary>
+/// <summary>
+/// A CUDA event: without timing (the default), recorded on a stream so another stream can wait for it; with
+/// timing, for measuring work on a stream (cuEventElapsedTime).
+/// </summary>
 internal sealed class CudaEvent : CudaContextBoundHandle
 {
     private CudaEvent(CudaContextHandle context) : base(context) { }
 
-    public static unsafe CudaEvent Create(CudaContextHandle context)
+    public static unsafe CudaEvent Create(CudaContextHandle context, bool timing = false)
     {
         var evt = new CudaEvent(context);
         IntPtr raw;
-        Check.Cuda(CudaDriver.cuEventCreate(&raw, CudaDriver.EventDisableTiming));
+        Check.Cuda(CudaDriver.cuEventCreate(&raw, timing ? 0u : CudaDriver.EventDisableTiming));
         evt.Adopt(raw);
         return evt;
     }

@@ -39,6 +39,12 @@ public interface IKernelDevice : IDisposable
     /// <summary>Largest dynamic shared memory one block may request (opt-in limit).</summary>
     int MaxDynamicSharedBytesPerBlock { get; }
 
+    /// <summary>
+    /// True when bf16 products run on the tensor-core engine (kernels/tile_mma.cuh: mma.sync, ldmatrix,
+    /// cp.async, sm_80 and newer); false selects the CUDA-core tile engine for them.
+    /// </summary>
+    bool TensorCores { get; }
+
     /// <summary>Dense GEMM and SVD from a vendor library (cuBLAS/cuSOLVER on CUDA, the CPU kernels under the emulator).</summary>
     IVendorMath VendorMath { get; }
 }

@@ -12,6 +12,14 @@ public interface IVendorMath
                ulong a, int lda, ulong b, int ldb, float beta, ulong c, int ldc);
 
     /// <summary>
+    /// C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, A and B BF16, C of <paramref name="cType"/>
+    /// (BF16 or F32), every product and sum in fp32; a BF16 C is read and written rounded (cuBLAS'
+    /// <c>cublasGemmEx</c> with <c>CUBLAS_COMPUTE_32F</c>, tensor cores on sm_80+).
+    /// </summary>
+    void GemmBf16(bool transA, bool transB, int m, int n, int k, float alpha,
+                  ulong a, int lda, ulong b, int ldb, float beta, ulong c, int ldc, DType cType);
+
+    /// <summary>
     /// Thin SVD of the row-major A [m, n], k = min(m, n), as <c>lk_cpu_svd</c>: U [m, k], S [k]
     /// descending, Vt [k, n] (row-major), A = U·diag(S)·Vt. A is not modified. Singular-vector
     /// signs are the library's (not unique).

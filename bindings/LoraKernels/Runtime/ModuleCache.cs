@@ -6,8 +6,9 @@
 //      rebuilding the fatbins);
 //   2. a cubin cached on disk by an earlier NVRTC compile, keyed by SHA-256 of (sources, options,
 //      architecture, NVRTC version), under LORAKERNELS_CACHE_DIR or ~/.cache/lorakernels;
-//   3. NVRTC now, for the device's sm_XY; the cubin is then cached (written to a temporary file
-//      and renamed, so a crash never leaves a half-written entry).
+//   3. NVRTC now, for the target NvrtcTarget picks (the device's sm_XY; or, for a GPU newer than the
+//      loaded NVRTC, an older cubin it runs or compute_XY PTX that the driver JIT-compiles); the image is
+//      then cached (written to a temporary file and renamed, so a crash never leaves a half-written entry).
 // A cache entry stores the SHA-256 of its payload first; a corrupt or unloadable entry is
 // recompiled and replaced.
 using System.Security.Cryptography;
@@ -18,30 +19,36 @@ namespace LoraKernels.Runtime;
 
 internal sealed unsafe class ModuleCache : IDisposable
 {
-    private const int DefaultDynamicSharedLimit = 48 * 1024;
     private const int HashBytes = 32;
 
     private readonly CudaContextHandle _context;
-    private readonly string _arch;
+    private readonly Lazy<NvrtcTarget> _target;
     private readonly object _gate = new();
     private readonly Dictionary<string, CudaModuleHandle> _modules = new(StringComparer.Ordinal);
     private readonly Dictionary<string, KernelFunction> _functions = new(StringComparer.Ordinal);
     private readonly Dictionary<string, string> _origins = new(StringComparer.Ordinal);
     private bool _disposed;
 
+    // The dynamic shared memory a function was allowed so far. It starts at 0, not the driver's
+    // default of 48 KiB less the kernel's static shared memory (which would need the static size):
+    // the first launch with any dynamic shared memory sets the attribute, so a kernel with static
+    // tables and a 48 KiB dynamic ring (the 4-bit tensor-core kernels) launches too.
     private sealed class KernelFunction(IntPtr handle)
     {
         public IntPtr Handle { get; } = handle;
-        public uint DynamicSharedLimit { get; set; } = DefaultDynamicSharedLimit;
+        public uint DynamicSharedLimit { get; set; }
     }
 
-    public ModuleCache(CudaContextHandle context, string arch)
+    public ModuleCache(CudaContextHandle context, (int Major, int Minor) computeCapability)
     {
         _context = context;
-        _arch = arch;
+        _target = new Lazy<NvrtcTarget>(() => NvrtcTarget.For(computeCapability, NvrtcCompiler.SupportedArchitectures));
     }
 
-    /// <summary>Where each loaded family came from ("fatbin /path", "disk cache /path", "nvrtc"), for tests and diagnostics.</summary>
+    /// <summary>What NVRTC builds for this device (asked of NVRTC on first use).</summary>
+    public NvrtcTarget Target => _target.Value;
+
+    /// <summary>Where each loaded family came from ("fatbin /path", "disk cache /path", "nvrtc sm_90 cubin", ...), for tests and diagnostics.</summary>
     public IReadOnlyDictionary<string, string> Origins
     {
         get { lock (_gate) return new Dictionary<string, string>(_origins); }
@@ -49,7 +56,8 @@ internal sealed unsafe class ModuleCache : IDisposable
 
     /// <summary>
     /// The function for entry point <paramref name="kernel"/>, with its dynamic shared memory limit
-    /// raised to at least <paramref name="dynamicSharedBytes"/> (needed above 48 KiB). The context must be current.
+    /// raised to at least <paramref name="dynamicSharedBytes"/> (needed once static plus dynamic pass 48 KiB).
+    /// The context must be current.
     /// </summary>
     public IntPtr GetFunction(string kernel, uint dynamicSharedBytes)
     {
@@ -155,20 +163,24 @@ internal sealed unsafe class ModuleCache : IDisposable
 
     private CudaModuleHandle CompileAndCache(string family)
     {
-        NvrtcResult compiled = NvrtcCompiler.Compile(family, _arch);
-        int result = CudaModuleHandle.TryLoad(_context, compiled.Cubin, out CudaModuleHandle? module);
-        if (result != CudaDriver.Success) throw Check.CudaError($"cuModuleLoadData of the NVRTC cubin of {family} for {_arch}", result);
-        _origins[family] = "nvrtc";
+        NvrtcTarget target = Target;
+        NvrtcResult compiled = NvrtcCompiler.Compile(family, target.Architecture);
+        // cuModuleLoadData takes PTX as NUL-terminated text and JIT-compiles it for the device.
+        byte[] image = target.IsCubin ? compiled.Cubin : Utf8.NullTerminated(compiled.Ptx);
+        int result = CudaModuleHandle.TryLoad(_context, image, out CudaModuleHandle? module);
+        if (result != CudaDriver.Success) throw Check.CudaError($"cuModuleLoadData of the NVRTC {target} of {family}", result);
+        _origins[family] = $"nvrtc {target}";
         string? path = CachePath(family);
-        if (path is not null) TryWriteAtomically(path, compiled.Cubin);
+        if (path is not null) TryWriteAtomically(path, image);
         return module!;
     }
 
-    /// <summary>The cache file for a family on this architecture, or null when there is no cache folder.</summary>
+    /// <summary>The cache file for a family on this device's target, or null when there is no cache folder.</summary>
     internal string? CachePath(string family)
     {
         string? folder = CacheFolder();
-        return folder is null ? null : Path.Combine(folder, $"{family}-{_arch}-{CacheKey(family, _arch)}.cubin");
+        string arch = Target.Architecture;
+        return folder is null ? null : Path.Combine(folder, $"{family}-{arch}-{CacheKey(family, arch)}.{(Target.IsCubin ? "cubin" : "ptx")}");
     }
 
     internal static string? CacheFolder()

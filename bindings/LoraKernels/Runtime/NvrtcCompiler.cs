@@ -20,9 +20,13 @@ public sealed record NvrtcResult(string Family, string Arch, byte[] Cubin, strin
 public static unsafe partial class NvrtcCompiler
 {
     private static readonly Lazy<(int Major, int Minor)> LoadedVersion = new(ReadVersion);
+    private static readonly Lazy<int[]> LoadedArchitectures = new(ReadSupportedArchitectures);
 
     /// <summary>The loaded NVRTC's version (loading it if needed; throws CudaUnavailableException when absent).</summary>
     public static (int Major, int Minor) Version => LoadedVersion.Value;
+
+    /// <summary>The architectures the loaded NVRTC compiles for, as 10·major + minor (80 is sm_80), ascending.</summary>
+    public static IReadOnlyList<int> SupportedArchitectures => LoadedArchitectures.Value;
 
     /// <summary>True when an NVRTC library can be loaded; never throws.</summary>
     public static bool IsAvailable
@@ -42,8 +46,9 @@ public static unsafe partial class NvrtcCompiler
     }
 
     /// <summary>
-    /// The options every family is compiled with: C++17, real architecture (cubin, so ptxas runs
-    /// and reports), ptxas' resource report, and line info for profilers (no code change).
+    /// The options every family is compiled with: C++17, the architecture (a real sm_XY gives a cubin,
+    /// so ptxas runs and reports; a virtual compute_XY gives PTX only), ptxas' resource report, and line
+    /// info for profilers (no code change).
     /// </summary>
     public static IReadOnlyList<string> Options(string arch)
     {
@@ -51,17 +56,24 @@ public static unsafe partial class NvrtcCompiler
         return ["-std=c++17", $"--gpu-architecture={arch}", "--ptxas-options=-v", "-lineinfo"];
     }
 
-    /// <summary>Compiles kernels/<paramref name="family"/>.cu for <paramref name="arch"/> ("sm_80", "sm_90", ...).</summary>
-    public static NvrtcResult Compile(string family, string arch)
+    /// <summary>
+    /// Compiles kernels/<paramref name="family"/>.cu for <paramref name="arch"/> ("sm_80", "sm_90", ..., or
+    /// "compute_90" for PTX alone: the result's cubin is then empty).
+    /// </summary>
+    public static NvrtcResult Compile(string family, string arch) => Compile(family, arch, []);
+
+    /// <summary>As <see cref="Compile(string, string)"/> with extra options after the standard ones (tests: "-DNAME=VALUE").</summary>
+    internal static NvrtcResult Compile(string family, string arch, IReadOnlyList<string> extraOptions)
     {
         string source = KernelSources.Source(family);
-        return CompileSource(family, family + ".cu", source, KernelSources.Headers, arch);
+        return CompileSource(family, family + ".cu", source, KernelSources.Headers, arch, extraOptions);
     }
 
     internal static NvrtcResult CompileSource(string family, string fileName, string source,
-                                              IReadOnlyList<KeyValuePair<string, string>> headers, string arch)
+                                              IReadOnlyList<KeyValuePair<string, string>> headers, string arch,
+                                              IReadOnlyList<string>? extraOptions = null)
     {
-        IReadOnlyList<string> options = Options(arch);
+        IReadOnlyList<string> options = [.. Options(arch), .. extraOptions ?? []];
         using var strings = new NativeUtf8Array([source, fileName]);
         using var headerTexts = new NativeUtf8Array(headers.Select(h => h.Value).ToArray());
         using var headerNames = new NativeUtf8Array(headers.Select(h => h.Key).ToArray());
@@ -79,7 +91,8 @@ public static unsafe partial class NvrtcCompiler
             nuint size;
             Check.Nvrtc(Interop.Nvrtc.nvrtcGetCUBINSize(program, &size));
             byte[] cubin = new byte[checked((int)size)];
-            fixed (byte* cubinPointer = cubin) Check.Nvrtc(Interop.Nvrtc.nvrtcGetCUBIN(program, cubinPointer));
+            if (cubin.Length > 0)
+                fixed (byte* cubinPointer = cubin) Check.Nvrtc(Interop.Nvrtc.nvrtcGetCUBIN(program, cubinPointer));
             return new NvrtcResult(family, arch, cubin, ReadPtx(program), log, ParseResources(log));
         }
         finally
@@ -161,7 +174,18 @@ public static unsafe partial class NvrtcCompiler
     {
         ArgumentNullException.ThrowIfNull(arch);
         if (!ArchPattern().IsMatch(arch))
-            throw new ArgumentException($"Architecture must look like \"sm_80\" or \"sm_90a\", got \"{arch}\".", nameof(arch));
+            throw new ArgumentException($"Architecture must look like \"sm_80\", \"sm_90a\" or \"compute_90\", got \"{arch}\".", nameof(arch));
+    }
+
+    private static int[] ReadSupportedArchitectures()
+    {
+        int count;
+        Check.Nvrtc(Interop.Nvrtc.nvrtcGetNumSupportedArchs(&count));
+        int[] architectures = new int[count];
+        if (count > 0)
+            fixed (int* pointer = architectures) Check.Nvrtc(Interop.Nvrtc.nvrtcGetSupportedArchs(pointer));
+        Array.Sort(architectures);
+        return architectures;
     }
 
     private static (int Major, int Minor) ReadVersion()
@@ -171,7 +195,7 @@ public static unsafe partial class NvrtcCompiler
         return (major, minor);
     }
 
-    [GeneratedRegex(@"^sm_\d+[a-z]?$")]
+    [GeneratedRegex(@"^(sm_\d+[a-z]?|compute_\d+[a-z]?)$")]
     private static partial Regex ArchPattern();
 
     [GeneratedRegex(@"Compiling entry function '([^']+)' for '([^']+)'")]

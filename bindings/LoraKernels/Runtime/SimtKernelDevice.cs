@@ -64,6 +64,9 @@ internal sealed unsafe class SimtKernelDevice : IKernelDevice
 
     public int MaxDynamicSharedBytesPerBlock => NativeSimt.MaxDynamicSharedBytes;
 
+    /// <summary>The emulator runs mma.sync, ldmatrix and cp.async from the PTX ISA's layouts, as an sm_80 does.</summary>
+    public bool TensorCores => true;
+
     public IVendorMath VendorMath { get; }
 
     /// <summary>Names of every kernel compiled into the emulator.</summary>

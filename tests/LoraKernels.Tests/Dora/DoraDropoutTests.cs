@@ -266,14 +266,17 @@ public sealed class DoraDropoutTests(DeviceKind kind)
 
     [TestCase(false)]
     [TestCase(true)]
-    public void CpuAndSimtAgree_m9_in70_out31_r5(bool quantized)
+    public void CpuAndSimtAgree_m9_in70_out31_r5(bool quantized) => CpuAndDeviceAgree(quantized, Device.Simt);
+
+    /// <summary>The dropout path's outputs on the CPU and on <paramref name="other"/> (the emulator, or a GPU) agree.</summary>
+    internal static void CpuAndDeviceAgree(bool quantized, Device other)
     {
         const int m = 9, inFeatures = 70, outFeatures = 31, r = 5;
         const float scale = 1.5f, p = 0.4f;
         const ulong seed = 1234;
         Inputs input = MakeInputs($"dora-dropout-agree{quantized}", m, inFeatures, outFeatures, r);
         var (cpu, w) = RunOps(Device.Cpu, input, quantized, m, inFeatures, outFeatures, r, scale, p, seed);
-        var (simt, _) = RunOps(Device.Simt, input, quantized, m, inFeatures, outFeatures, r, scale, p, seed);
+        var (simt, _) = RunOps(other, input, quantized, m, inFeatures, outFeatures, r, scale, p, seed);
         double[] mask = Reference.DropoutFactors(m, inFeatures, p, seed);
         var abs = Step(m, inFeatures, outFeatures, r, input.X, w, input.Bias, input.A, input.B, scale, input.Magnitude, input.Norm, mask,
                        Array.ConvertAll(input.Dy, v => (double)v), abs: true);

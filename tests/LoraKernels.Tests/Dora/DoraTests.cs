@@ -541,14 +541,17 @@ public sealed class DoraCpuSimtParityTests
     [TestCase(DType.BF16, 1e-3)]
     [TestCase(DType.BF16, 1e-5)]
     [TestCase(DType.BF16, 1e-7)]
-    public void CancellingRowNormsAgree(DType dtype, double depth)
+    public void CancellingRowNormsAgree(DType dtype, double depth) => CancellingRowNormsAgree(dtype, depth, Device.Simt);
+
+    /// <summary>The cancelling-row norms on the CPU and on <paramref name="other"/> (the emulator, or a GPU).</summary>
+    internal static void CancellingRowNormsAgree(DType dtype, double depth, Device other)
     {
         const int outFeatures = 10, inFeatures = 1030, r = 16;
         var (w0, a, b, scale) = DoraReference.CancellingRows(dtype, depth, outFeatures, inFeatures, r, structured: dtype == DType.BF16);
         var (reference, magnitude) = DoraReference.WeightNorm(outFeatures, inFeatures, r, w0, a, b, scale);
         double[] bounds = DoraReference.NormBounds(reference, magnitude, r);
         var norms = new float[2][];
-        Device[] devices = [Device.Cpu, Device.Simt];
+        Device[] devices = [Device.Cpu, other];
         for (int d = 0; d < 2; d++)
         {
             using Tensor w0T = Tensor.FromArray(devices[d], w0, dtype, outFeatures, inFeatures);
@@ -558,12 +561,15 @@ public sealed class DoraCpuSimtParityTests
             Expect.Close($"norm ({devices[d]})", norms[d], reference, bounds);
         }
         Expect.NotVacuous("norm", reference);
-        Expect.Agree("norm (cpu vs simt)", norms[0], norms[1], bounds);
+        Expect.Agree($"norm (cpu vs {other})", norms[0], norms[1], bounds);
     }
 
     [TestCase(DType.F32)]
     [TestCase(DType.BF16)]
-    public void EveryOpAgrees(DType dtype)
+    public void EveryOpAgrees(DType dtype) => EveryOpAgrees(dtype, Device.Simt);
+
+    /// <summary>Every DoRA op on the CPU and on <paramref name="other"/> (the emulator, or a GPU), each against the reference.</summary>
+    internal static void EveryOpAgrees(DType dtype, Device other)
     {
         const int m = 19, inFeatures = 45, outFeatures = 70, r = 6;
         const float scale = 0.5f;
@@ -579,7 +585,7 @@ public sealed class DoraCpuSimtParityTests
         var abs = DoraReference.Run(m, inFeatures, outFeatures, r, x, w0, bias, a, b, scale, magnitude, normValues, dy, abs: true);
 
         var results = new Dictionary<string, float[]>[2];
-        Device[] devices = [Device.Cpu, Device.Simt];
+        Device[] devices = [Device.Cpu, other];
         for (int d = 0; d < 2; d++)
         {
             Device device = devices[d];
@@ -659,8 +665,8 @@ public sealed class DoraCpuSimtParityTests
         {
             Expect.NotVacuous(op, references[op]);
             Expect.Close($"{op} (cpu)", results[0][op], references[op], bounds[op]);
-            Expect.Close($"{op} (simt)", results[1][op], references[op], bounds[op]);
-            Expect.Agree($"{op} (cpu vs simt)", results[0][op], results[1][op], bounds[op]);
+            Expect.Close($"{op} ({other})", results[1][op], references[op], bounds[op]);
+            Expect.Agree($"{op} (cpu vs {other})", results[0][op], results[1][op], bounds[op]);
         }
     }
 }

@@ -251,7 +251,10 @@ public sealed class QDoraTests(DeviceKind kind)
     }
 
     [Test]
-    public void CpuAndSimtAgree_m9_in70_out31_r5()
+    public void CpuAndSimtAgree_m9_in70_out31_r5() => CpuAndDeviceAgree(Device.Simt);
+
+    /// <summary>A QDoRA layer's training step on the CPU and on <paramref name="other"/> (the emulator, or a GPU) agree.</summary>
+    internal static void CpuAndDeviceAgree(Device other)
     {
         const int m = 9, inFeatures = 70, outFeatures = 31, r = 5;
         var data = new TestData(TestData.SeedFor("qdora-agree"));
@@ -260,7 +263,7 @@ public sealed class QDoraTests(DeviceKind kind)
         var results = new List<float[][]>();
         double[]? yAbs = null, dxAbs = null;
         // dy is the MSE loss's gradient (target = dyValues), so dA, dB and dm are bounded relative to their own size.
-        foreach (Device device in new[] { Device.Cpu, Device.Simt })
+        foreach (Device device in new[] { Device.Cpu, other })
         {
             using Tensor w0Tensor = Tensor.FromArray(device, w0, outFeatures, inFeatures);
             using Tensor biasTensor = Tensor.FromArray(device, bias, outFeatures);

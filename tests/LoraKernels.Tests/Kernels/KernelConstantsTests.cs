@@ -27,6 +27,10 @@ public sealed partial class KernelConstantsTests
         yield return Pair("launch_geometry.cuh", "kTileM", GpuLaunch.Tile, "GpuLaunch.Tile");
         yield return Pair("launch_geometry.cuh", "kTileN", GpuLaunch.Tile, "GpuLaunch.Tile");
         yield return Pair("launch_geometry.cuh", "kTileThreads", GpuLaunch.TileThreads, "GpuLaunch.TileThreads");
+        yield return Pair("launch_geometry.cuh", "kMmaTileM", GpuLaunch.MmaTile, "GpuLaunch.MmaTile");
+        yield return Pair("launch_geometry.cuh", "kMmaTileN", GpuLaunch.MmaTile, "GpuLaunch.MmaTile");
+        yield return Pair("launch_geometry.cuh", "kMmaThreads", GpuLaunch.MmaThreads, "GpuLaunch.MmaThreads");
+        yield return Pair("launch_geometry.cuh", "kMmaSharedBytes", GpuLaunch.MmaSharedBytes, "GpuLaunch.MmaSharedBytes");
         yield return Pair("launch_geometry.cuh", "kDecodeThreads", GpuLaunch.DecodeThreads, "GpuLaunch.DecodeThreads");
         yield return Pair("launch_geometry.cuh", "kDecodeMaxM", GpuLaunch.DecodeMaxTokens, "GpuLaunch.DecodeMaxTokens");
         yield return Pair("launch_geometry.cuh", "kDecodeChunk", GpuLaunch.DecodeChunk, "GpuLaunch.DecodeChunk");

@@ -19,6 +19,9 @@ public sealed class CudaParityTests
     public static IEnumerable<TestCaseData> BackwardCases() => Devices.CudaCases("Backward", 1, LoraCaseSources.Backward());
     public static IEnumerable<TestCaseData> BackwardSingleOutputCases() => Devices.CudaCases("BackwardSingleOutput", 2, LoraCaseSources.BackwardSingleOutput());
     public static IEnumerable<TestCaseData> MergeCases() => Devices.CudaCases("MergeUnmerge", 1, LoraCaseSources.Merge());
+    public static IEnumerable<TestCaseData> GpuForwardCases() => Devices.CudaCases("GpuForward", 1, LoraCaseSources.GpuForward());
+    public static IEnumerable<TestCaseData> GpuBackwardCases() => Devices.CudaCases("GpuBackward", 1, LoraCaseSources.GpuBackward());
+    public static IEnumerable<TestCaseData> VendorGemmCases() => Devices.CudaCases("VendorGemmForward", 1, LoraVendorGemmTests.Cases());
     public static IEnumerable<TestCaseData> ReluCases() => Devices.CudaCases("Relu", 1, ElementwiseParityTests.Relu());
     public static IEnumerable<TestCaseData> ReluBackwardCases() => Devices.CudaCases("ReluBackward", 1, ElementwiseParityTests.ReluBackward());
     public static IEnumerable<TestCaseData> AxpyCases() => Devices.CudaCases("Axpy", 1, ElementwiseParityTests.Axpy());
@@ -36,6 +39,15 @@ public sealed class CudaParityTests
 
     [TestCaseSource(nameof(BackwardSingleOutputCases))]
     public void BackwardSingleOutput(LoraCase c, LoraGradients output) => LoraParity.Backward(c, output, Device.Cpu, Cuda);
+
+    [TestCaseSource(nameof(GpuForwardCases))]
+    public void GpuForward(LoraCase c) => LoraParity.Forward(c, Device.Cpu, Cuda);
+
+    [TestCaseSource(nameof(GpuBackwardCases))]
+    public void GpuBackward(LoraCase c) => LoraParity.Backward(c, LoraGradients.All, Device.Cpu, Cuda);
+
+    [TestCaseSource(nameof(VendorGemmCases))]
+    public void VendorGemmForward(LoraCase c) => LoraParity.Forward(c, LoraForwardPath.VendorGemm, Device.Cpu, Cuda);
 
     [TestCaseSource(nameof(MergeCases))]
     public void MergeUnmerge(LoraCase c) => LoraParity.MergeUnmerge(c, Device.Cpu, Cuda);

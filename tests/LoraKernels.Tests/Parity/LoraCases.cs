@@ -80,6 +80,25 @@ internal static class LoraCaseSources
                 }
     }
 
+    /// <summary>
+    /// The shapes a GPU run adds (the emulator's cases above stay small): `in` a multiple of 8, so
+    /// decode takes its 16-byte vector path, M on both sides of every path switch (1 and 16 decode,
+    /// 17 and 512 tiled, 512 several 64-row tiles and a whole tensor-core tile count), both dtypes.
+    /// </summary>
+    public static IEnumerable<TestCaseData> GpuForward() =>
+        LoraCases.Named("GpuForward", GpuCases(bias: true));
+
+    public static IEnumerable<TestCaseData> GpuBackward() =>
+        LoraCases.Named("GpuBackward", GpuCases(bias: false));
+
+    private static IEnumerable<LoraCase> GpuCases(bool bias) =>
+        from m in new[] { 1, 16, 17, 512 }
+        from features in new[] { (In: 256, Out: 72), (In: 1024, Out: 136) }
+        from r in new[] { 8, 16 }
+        from dtype in new[] { DType.F32, DType.BF16 }
+        from dropout in new[] { 0f, 0.25f }
+        select new LoraCase(new LoraShape(m, features.In, features.Out, r), dtype, bias, dropout);
+
     /// <summary>Merge/unmerge depend on (out, in, r) and the dtype only.</summary>
     public static IEnumerable<TestCaseData> Merge() =>
         LoraCases.Shapes().Select(s => s with { M = 1 }).Distinct()

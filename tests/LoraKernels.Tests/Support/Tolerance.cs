@@ -22,7 +22,24 @@ internal static class Tolerance
     public const double Atol = 1e-6;
     public const double Factor = 2.0;
 
+    /// <summary>
+    /// 2⁻⁹: one factor of every term rounded to the nearest bf16. The 4-bit tensor-core kernels (BF16
+    /// activations on sm_80+, and the emulator) round each deq(W) to bf16 as they stage it, as
+    /// bitsandbytes' dequantize-then-matmul with a bf16 compute dtype does; the fp32 kernels keep deq(W)
+    /// in fp32. A product through deq(W) may then differ by up to 2⁻⁹·Σ|terms| more.
+    /// </summary>
+    public const double Bf16TermRounding = 1.0 / (1 << 9);
+
     public static double OutputRounding(DType dtype) => dtype == DType.BF16 ? Bf16Rounding : 0.0;
+
+    /// <summary><see cref="Bounds"/> for a product through a 4-bit weight: plus 2⁻⁹·abs[i] for BF16 (<see cref="Bf16TermRounding"/>).</summary>
+    public static double[] QuantizedBaseBounds(double[] reference, double[] abs, int reductionLength, DType outputDtype)
+    {
+        double[] bounds = Bounds(reference, abs, reductionLength, outputDtype);
+        if (outputDtype == DType.BF16)
+            for (int i = 0; i < bounds.Length; i++) bounds[i] += Bf16TermRounding * abs[i];
+        return bounds;
+    }
 
     /// <summary>The bound per element: Atol + Factor·K·2⁻²⁴·abs[i] + εout·|reference[i]|.</summary>
     public static double[] Bounds(double[] reference, double[] abs, int reductionLength, DType outputDtype)

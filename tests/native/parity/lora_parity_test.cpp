@@ -25,16 +25,18 @@ std::string CaseName(const LoraCase& c) {
     return s.str();
 }
 
-// Shapes: M over 1, 7, 16 (decode), 17, 33, 130 (tiled); in/out over 1, 33, 97, 257 (none a
+// Shapes: M over 1, 7, 16 (decode), 17, 33, 130, 200 (tiled); in/out over 1, 33, 97, 257 (none a
 // multiple of a tile, a warp or a vector) plus decode's chunking (in > 2048, a partial last
-// chunk) and its 16-byte vector path (in a multiple of 8); r over 1, 8, 16, 64.
+// chunk) and its 16-byte vector path (in a multiple of 8); r over 1, 8, 16, 24, 64. The bf16
+// tensor-core kernels take cp.async on multiples of 8 (64, 136, 256, 264, 2056) and element-wise
+// staging elsewhere; 130 and 200 rows, 257 and 264 columns span several 128-wide tiles.
 struct Shape {
     int M, in, out, r;
 };
 const Shape kShapes[] = {
     {1, 1, 1, 1},      {1, 257, 97, 8},   {7, 33, 257, 16},   {16, 97, 33, 64}, {16, 257, 257, 1},
     {17, 33, 97, 8},   {33, 257, 1, 16},  {130, 97, 257, 64}, {130, 1, 33, 1},  {7, 1, 97, 64},
-    {5, 2056, 40, 16}, {16, 4100, 19, 8}, {2, 64, 300, 4},
+    {5, 2056, 40, 16}, {16, 4100, 19, 8}, {2, 64, 300, 4}, {130, 256, 264, 24}, {200, 136, 72, 16},
 };
 
 std::vector<LoraCase> AllCases() {
@@ -125,6 +127,15 @@ TEST_P(LoraParity, ForwardDecodeAndTiledMatchCpu) {
                        parity::kTileThreads, 0, in.x.data(), in.W0.data(), bias_ptr, (const float*)u.data(),
                        in.B.data(), y.data(), c.M, c.in, c.out, c.r, in.scale));
     EXPECT_TRUE(Near("tiled: y", y.values(), want.y, bound.y, y_chain, out_rounding));
+
+    // The tensor-core forward (bf16 on sm_80+, the C# launcher's choice there), with the same u.
+    if (c.dtype == DType::BF16) {
+        Buffer y_mma = Buffer::Poisoned(c.dtype, (size_t)c.M * c.out);
+        ASSERT_TRUE(Launch("lk_lora_forward_mma_bf16", parity::MmaTileGrid(c.M, c.out), parity::kMmaThreads,
+                           parity::kMmaSharedBytes, in.x.data(), in.W0.data(), bias_ptr, (const float*)u.data(),
+                           in.B.data(), y_mma.data(), c.M, c.in, c.out, c.r, in.scale));
+        EXPECT_TRUE(Near("tensor cores: y", y_mma.values(), want.y, bound.y, y_chain, out_rounding));
+    }
 }
 
 TEST_P(LoraParity, BackwardMatchesCpu) {
@@ -174,6 +185,14 @@ TEST_P(LoraParity, BackwardMatchesCpu) {
     EXPECT_TRUE(Near("dB", dB.values(), want.dB, bound.dB, c.M, out_rounding));
     EXPECT_TRUE(Near("dA", dA.values(), want.dA, bound.dA, c.M + c.out, out_rounding));  // du's out-long sums, then M
     EXPECT_TRUE(Near("dx", dx.values(), want.dx, bound.dx, c.out + c.r, out_rounding));  // dy·W0 and du·A
+
+    if (c.dtype == DType::BF16) {
+        Buffer dx_mma = Buffer::Poisoned(c.dtype, (size_t)c.M * c.in);
+        ASSERT_TRUE(Launch("lk_lora_grad_x_mma_bf16", parity::MmaTileGrid(c.M, c.in), parity::kMmaThreads,
+                           parity::kMmaSharedBytes, in.dy.data(), in.W0.data(), (const float*)du.data(), in.A.data(),
+                           dx_mma.data(), c.M, c.in, c.out, c.r, c.dropout_p, in.seed));
+        EXPECT_TRUE(Near("tensor cores: dx", dx_mma.values(), want.dx, bound.dx, c.out + c.r, out_rounding));
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, LoraParity, ::testing::ValuesIn(AllCases()),

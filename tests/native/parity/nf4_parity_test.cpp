@@ -231,7 +231,7 @@ std::string MatmulName(const MatmulCase& c) {
     return s.str();
 }
 
-// Shapes: M over 1, 7, 16 (decode), 17, 33 (tiled); `in` a multiple of 32 (decode's 16-byte
+// Shapes: M over 1, 7, 16 (decode), 17, 33, 140 (tiled); `in` a multiple of 32 (decode's 16-byte
 // path) or not (its byte path; blocks then cross rows), past decode's 2048-column chunk, and
 // never a multiple of the 64-wide tiles in both dimensions; blocksizes 32..256.
 struct MatmulShape {
@@ -240,6 +240,7 @@ struct MatmulShape {
 const MatmulShape kMatmulShapes[] = {
     {1, 97, 33, 8, 64}, {7, 64, 70, 4, 32},  {16, 96, 19, 16, 128}, {17, 33, 65, 8, 256},
     {33, 160, 40, 1, 32}, {5, 2080, 12, 4, 64}, {3, 2049, 5, 2, 256}, {1, 1, 1, 1, 32},
+    {140, 256, 136, 16, 64},  // tensor cores: several 128 x 128 tiles, cp.async for x, rows of W across tiles
 };
 
 // Per shape: both dtypes × dropout 0 / 0.25; NF4/FP4 × plain/nested cycle over the four
@@ -360,6 +361,24 @@ TEST_P(Nf4MatmulParity, MatmulQloraForwardAndGradXMatchCpu) {
                        c.out, c.r, c.blocksize, c.quant_type, in.scale));
     EXPECT_TRUE(Near("tiled: qlora y", y.values(), want_y, bound_y, y_chain, out_rounding));
 
+    // The tensor-core kernels (bf16 on sm_80+): deq(W) rounded to bf16 as it is staged.
+    if (c.dtype == DType::BF16) {
+        const auto grid = parity::MmaTileGrid(c.M, c.out);
+        Buffer mm_mma = Buffer::Poisoned(c.dtype, (size_t)c.M * c.out);
+        ASSERT_TRUE(Launch("lk_nf4_matmul_mma_bf16", grid, parity::kMmaThreads, parity::kMmaSharedBytes, in.x.data(),
+                           codes, stats.absmax, qabsmax, stats.absmax2, stats.offset, bias_ptr, mm_mma.data(), c.M, c.in,
+                           c.out, c.blocksize, c.quant_type));
+        EXPECT_TRUE(Near("tensor cores: matmul y", mm_mma.values(), want_mm, bound_mm, mm_chain, out_rounding,
+                         parity::kBf16TermRounding));
+        Buffer y_mma = Buffer::Poisoned(c.dtype, (size_t)c.M * c.out);
+        ASSERT_TRUE(Launch("lk_nf4_qlora_forward_mma_bf16", grid, parity::kMmaThreads, parity::kMmaSharedBytes,
+                           in.x.data(), codes, stats.absmax, qabsmax, stats.absmax2, stats.offset, bias_ptr,
+                           (const float*)u.data(), in.B.data(), y_mma.data(), c.M, c.in, c.out, c.r, c.blocksize,
+                           c.quant_type, in.scale));
+        EXPECT_TRUE(Near("tensor cores: qlora y", y_mma.values(), want_y, bound_y, y_chain, out_rounding,
+                         parity::kBf16TermRounding));
+    }
+
     // grad_x after lk_lora_grad_u, as the C# backward does.
     std::vector<float> want_dx((size_t)c.M * c.in), bound_dx((size_t)c.M * c.in);
     ASSERT_EQ(LK_OK, lk_cpu_qlora_backward(c.M, c.in, c.out, c.r, x.data(), in.q.codes.data(), &stats, A.data(),
@@ -379,6 +398,16 @@ TEST_P(Nf4MatmulParity, MatmulQloraForwardAndGradXMatchCpu) {
                        stats.offset, (const float*)du.data(), in.A.data(), dx.data(), c.M, c.in, c.out, c.r,
                        c.blocksize, c.quant_type, c.dropout_p, in.seed));
     EXPECT_TRUE(Near("grad_x: dx", dx.values(), want_dx, bound_dx, c.out + c.r, out_rounding));
+
+    if (c.dtype == DType::BF16) {
+        Buffer dx_mma = Buffer::Poisoned(c.dtype, (size_t)c.M * c.in);
+        ASSERT_TRUE(Launch("lk_nf4_grad_x_mma_bf16", parity::MmaTileGrid(c.M, c.in), parity::kMmaThreads,
+                           parity::kMmaSharedBytes, in.dy.data(), codes, stats.absmax, qabsmax, stats.absmax2,
+                           stats.offset, (const float*)du.data(), in.A.data(), dx_mma.data(), c.M, c.in, c.out, c.r,
+                           c.blocksize, c.quant_type, c.dropout_p, in.seed));
+        EXPECT_TRUE(Near("tensor cores: dx", dx_mma.values(), want_dx, bound_dx, c.out + c.r, out_rounding,
+                         parity::kBf16TermRounding));
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, Nf4MatmulParity, ::testing::ValuesIn(MatmulCases()),

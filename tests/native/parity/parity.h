@@ -59,6 +59,14 @@ inline Grid TileGrid(int rows, int columns) {
     return {(uint32_t)CeilDiv(rows, kTile), (uint32_t)CeilDiv(columns, kTile)};
 }
 
+// GpuLaunch.MmaTileGrid: the tensor-core engine's 128 x 128 tiles (tile_mma.cuh), block kMmaThreads,
+// kMmaSharedBytes of dynamic shared memory.
+using ::kMmaSharedBytes;
+using ::kMmaThreads;
+inline Grid MmaTileGrid(int rows, int columns) {
+    return {(uint32_t)CeilDiv(rows, kMmaTileM), (uint32_t)CeilDiv(columns, kMmaTileN)};
+}
+
 struct DecodeGeometry {
     bool fits;
     uint32_t blocks, shared_bytes;
@@ -165,14 +173,17 @@ inline std::vector<float> Abs(std::vector<float> v) {
 //     tol = atol + 2·K·2^-24·bound + out_rounding·(|want| + 2·K·2^-24·bound)
 // where bound[i] = Σ|terms| of element i (the same computation on absolute values) and
 // out_rounding = 2^-8 when the kernel stores bf16 (half an ulp of bf16's 8-bit significand),
-// else 0. A wrong index or a missing term errs by O(|terms|), far above K·2^-24.
+// else 0. A wrong index or a missing term errs by O(|terms|), far above K·2^-24. A kernel that
+// rounds one factor of every term to bf16 first (the tensor-core 4-bit path's deq(W): relative
+// 2^-9 each) adds term_rounding·bound, term_rounding = 2^-9.
 constexpr double kAtol = 1e-6;
 constexpr double kF32Unit = 1.0 / 16777216.0;  // 2^-24
 constexpr double kBf16Rounding = 1.0 / 256.0;  // 2^-8
+constexpr double kBf16TermRounding = 1.0 / 512.0;  // 2^-9: a factor rounded to nearest bf16
 
 inline ::testing::AssertionResult Near(const std::string& what, const std::vector<float>& got,
                                        const std::vector<float>& want, const std::vector<float>& bound, double K,
-                                       double out_rounding) {
+                                       double out_rounding, double term_rounding = 0.0) {
     if (got.size() != want.size() || want.size() != bound.size())
         return ::testing::AssertionFailure()
                << what << ": sizes differ (" << got.size() << " vs " << want.size() << ")";
@@ -180,7 +191,7 @@ inline ::testing::AssertionResult Near(const std::string& what, const std::vecto
     int failures = 0;
     std::ostringstream report;
     for (size_t i = 0; i < want.size(); ++i) {
-        const double accumulation = 2.0 * K * kF32Unit * bound[i];
+        const double accumulation = (2.0 * K * kF32Unit + term_rounding) * bound[i];
         const double tol = kAtol + accumulation + out_rounding * (std::fabs((double)want[i]) + accumulation);
         const double err = std::fabs((double)got[i] - (double)want[i]);
         max_want = std::max(max_want, std::fabs((double)want[i]));

@@ -18,6 +18,12 @@ internal sealed class GpuLaunch(IKernelDevice device)
     internal const uint TileThreads = 256;
     private const int MaxGridY = 65535;
 
+    // Tensor-core engine (kMmaTileM = kMmaTileN, kMmaThreads, kMmaSharedBytes): one block per 128 x 128
+    // output tile, the cp.async ring as dynamic shared memory; bf16 on sm_80 and newer.
+    internal const int MmaTile = 128;
+    internal const uint MmaThreads = 256;
+    internal const uint MmaSharedBytes = 3 * 2 * 128 * 32 * 2;
+
     // Decode engine (kDecodeThreads, kDecodeMaxM, kDecodeChunk, kDecodeXAlign, and
     // kDecodeWarps · kDecodeRowsPerWarp rows streamed per block pass).
     internal const uint DecodeThreads = 256;
@@ -38,6 +44,20 @@ internal sealed class GpuLaunch(IKernelDevice device)
     /// <summary>Launches a tile-engine kernel over a [rows, columns] output.</summary>
     public void LaunchTiled(string kernel, int rows, int columns, KernelArguments arguments) =>
         Device.Launch(kernel, TileGrid(rows, columns), new Dim3(TileThreads), 0, arguments);
+
+    /// <summary>
+    /// Launches a product over a [rows, columns] output on the engine that suits its dtype: for BF16 where
+    /// the device runs tensor cores, <paramref name="bf16Mma"/> on the tensor-core engine; otherwise the
+    /// tile engine's kernel for the dtype.
+    /// </summary>
+    public void LaunchProduct(DType dtype, string f32Tiled, string bf16Tiled, string bf16Mma, int rows, int columns,
+                              KernelArguments arguments)
+    {
+        if (dtype == DType.BF16 && Device.TensorCores)
+            Device.Launch(bf16Mma, MmaTileGrid(rows, columns), new Dim3(MmaThreads), MmaSharedBytes, arguments);
+        else
+            LaunchTiled(KernelFor(dtype, f32Tiled, bf16Tiled), rows, columns, arguments);
+    }
 
     /// <summary>Launches a grid-stride kernel over <paramref name="n"/> elements.</summary>
     public void LaunchElementwise(string kernel, long n, KernelArguments arguments) =>
@@ -118,13 +138,17 @@ internal sealed class GpuLaunch(IKernelDevice device)
     }
 
     /// <summary>Tile-engine grid for a [rows, columns] output: X over 64-row tiles, Y over 64-column tiles.</summary>
-    internal static Dim3 TileGrid(int rows, int columns)
+    internal static Dim3 TileGrid(int rows, int columns) => Grid(rows, columns, Tile, "A tiled kernel");
+
+    /// <summary>Tensor-core engine grid for a [rows, columns] output: X over 128-row tiles, Y over 128-column tiles.</summary>
+    internal static Dim3 MmaTileGrid(int rows, int columns) => Grid(rows, columns, MmaTile, "A tensor-core kernel");
+
+    private static Dim3 Grid(int rows, int columns, int tile, string engine)
     {
-        long columnTiles = CeilDiv(columns, Tile);
+        long columnTiles = CeilDiv(columns, tile);
         if (columnTiles > MaxGridY)
-            throw new NotSupportedException(
-                $"A tiled kernel output with {columns} columns needs {columnTiles} column tiles; a CUDA grid allows {MaxGridY}.");
-        return new Dim3((uint)CeilDiv(rows, Tile), (uint)columnTiles);
+            throw new NotSupportedException($"{engine} output with {columns} columns needs {columnTiles} column tiles; a CUDA grid allows {MaxGridY}.");
+        return new Dim3((uint)CeilDiv(rows, tile), (uint)columnTiles);
     }
 
     /// <summary>Grid for a grid-stride kernel over n elements: its blocks, capped at a few per multiprocessor.</summary>

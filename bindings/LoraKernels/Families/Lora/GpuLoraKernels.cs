@@ -8,7 +8,10 @@ namespace LoraKernels.Families.Lora;
 
 internal sealed class GpuLoraKernels(GpuLaunch gpu) : ILoraKernels
 {
-    /// <summary>M ≤ 16 with room in shared memory: one decode launch; else project u, then the tiled forward.</summary>
+    /// <summary>
+    /// M ≤ 16 with room in shared memory: one decode launch; else project u, then the tiled forward (on tensor
+    /// cores for BF16 where the device has them).
+    /// </summary>
     public void Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b, float scale, float dropoutP, ulong seed,
                         Tensor y, Tensor u) =>
         LaunchForward(x, w0, bias, a, b, scale, dropoutP, seed, y, u, Dims(x, w0, a));
@@ -42,7 +45,8 @@ internal sealed class GpuLoraKernels(GpuLaunch gpu) : ILoraKernels
             .Pointer(x).Pointer(w0).Pointer(bias).Pointer(u)
             .Pointer(b).Pointer(y)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(scale);
-        gpu.LaunchTiled(GpuLaunch.KernelFor(dtype, "lk_lora_forward_tiled_f32", "lk_lora_forward_tiled_bf16"), tokens, outFeatures, tiledArgs);
+        gpu.LaunchProduct(dtype, "lk_lora_forward_tiled_f32", "lk_lora_forward_tiled_bf16", "lk_lora_forward_mma_bf16", tokens, outFeatures,
+                          tiledArgs);
     }
 
     /// <summary>The low-rank delta's parameter gradients (LowRankLaunches), then dx = dy W0 + dropout'(du A) in one pass.</summary>
@@ -71,7 +75,7 @@ internal sealed class GpuLoraKernels(GpuLaunch gpu) : ILoraKernels
             .Pointer(dy).Pointer(w0).Pointer(du).Pointer(a)
             .Pointer(dx)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Float(dropoutP).ULong(seed);
-        gpu.LaunchTiled(GpuLaunch.KernelFor(dx.DType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16"), tokens, inFeatures, args);
+        gpu.LaunchProduct(dx.DType, "lk_lora_grad_x_f32", "lk_lora_grad_x_bf16", "lk_lora_grad_x_mma_bf16", tokens, inFeatures, args);
     }
 
     public void Merge(Tensor w, Tensor a, Tensor b, float scale)

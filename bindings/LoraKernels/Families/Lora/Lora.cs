@@ -12,10 +12,13 @@ public static class Lora
     /// y = x W0ᵀ + bias + scale·(dropout(x) Aᵀ) Bᵀ. x [M, in], W0 [out, in], bias [out] or null,
     /// A [r, in], B [out, r], all of x's dtype and device. Returns Y [M, out] (x's dtype) and
     /// U = dropout(x) Aᵀ [M, r] (F32), which <see cref="Backward"/> needs. The dropout mask is a
-    /// pure function of (seed, element index), so the backward pass regenerates it.
+    /// pure function of (seed, element index), so the backward pass regenerates it. <paramref name="path"/>
+    /// selects the fused kernels (the default) or, on a GPU device, the vendor GEMM sequence PEFT runs
+    /// (<see cref="LoraForwardPath.VendorGemm"/>: a baseline and a fallback).
     /// </summary>
     public static ForwardResult Forward(Tensor x, Tensor w0, Tensor? bias, Tensor a, Tensor b,
-                                               float scale, float dropoutP = 0f, ulong seed = 0)
+                                        float scale, float dropoutP = 0f, ulong seed = 0,
+                                        LoraForwardPath path = LoraForwardPath.Fused)
     {
         const string op = "Lora.Forward";
         AdapterDims d = AdapterChecks.DenseAdapter(op, "LoRA", x, w0, a, b);
@@ -26,6 +29,10 @@ public static class Lora
         }
         Checks.Finite(op, nameof(scale), scale);
         Checks.DropoutProbability(op, nameof(dropoutP), dropoutP);
+        if (!Enum.IsDefined(path))
+            throw new ArgumentOutOfRangeException(nameof(path), path, $"{op}: path must be LoraForwardPath.Fused or LoraForwardPath.VendorGemm.");
+        if (path == LoraForwardPath.VendorGemm && d.Device.Kind == DeviceKind.Cpu)
+            throw new NotSupportedException($"{op}: LoraForwardPath.VendorGemm is the GPU's vendor GEMM sequence (cuBLAS) and does not run on {d.Device}; use LoraForwardPath.Fused.");
         AdapterChecks.OutputSize(op, "y", d.M, d.Out);
         AdapterChecks.OutputSize(op, "u", d.M, d.R);
 
@@ -34,7 +41,8 @@ public static class Lora
         try
         {
             u = Tensor.Empty(d.Device, DType.F32, d.M, d.R);
-            ILoraKernels.On(d.Device).Forward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
+            if (path == LoraForwardPath.VendorGemm) VendorLoraForward.On(d.Device).Forward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
+            else ILoraKernels.On(d.Device).Forward(x, w0, bias, a, b, scale, dropoutP, seed, y, u);
             return new(y, u);
         }
         catch

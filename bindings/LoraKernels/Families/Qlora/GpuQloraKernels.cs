@@ -70,7 +70,8 @@ internal sealed class GpuQloraKernels(GpuLaunch gpu) : IQloraKernels
             gpu.Launch(GpuLaunch.KernelFor(x.DType, "lk_nf4_matmul_decode_f32", "lk_nf4_matmul_decode_bf16"), new Dim3(geometry.Blocks),
                        new Dim3(GpuLaunch.DecodeThreads), geometry.SharedBytes, args);
         else
-            gpu.LaunchTiled(GpuLaunch.KernelFor(x.DType, "lk_nf4_matmul_tiled_f32", "lk_nf4_matmul_tiled_bf16"), tokens, outFeatures, args);
+            gpu.LaunchProduct(x.DType, "lk_nf4_matmul_tiled_f32", "lk_nf4_matmul_tiled_bf16", "lk_nf4_matmul_mma_bf16", tokens, outFeatures,
+                              args);
     }
 
     /// <summary>M ≤ 16 with room in shared memory: one decode launch; else project u, then the tiled forward.</summary>
@@ -95,8 +96,8 @@ internal sealed class GpuQloraKernels(GpuLaunch gpu) : IQloraKernels
             .Pointer(bias).Pointer(u).Pointer(b).Pointer(y)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
             .Float(scale);
-        gpu.LaunchTiled(GpuLaunch.KernelFor(x.DType, "lk_nf4_qlora_forward_tiled_f32", "lk_nf4_qlora_forward_tiled_bf16"), tokens,
-                        outFeatures, tiledArgs);
+        gpu.LaunchProduct(x.DType, "lk_nf4_qlora_forward_tiled_f32", "lk_nf4_qlora_forward_tiled_bf16", "lk_nf4_qlora_forward_mma_bf16",
+                          tokens, outFeatures, tiledArgs);
     }
 
     /// <summary>The low-rank delta's gradients (LowRankLaunches: du, dB, dA never read W), then dx by
@@ -113,7 +114,7 @@ internal sealed class GpuQloraKernels(GpuLaunch gpu) : IQloraKernels
             .Pointer(du).Pointer(a).Pointer(dx)
             .Int(tokens).Int(inFeatures).Int(outFeatures).Int(rank).Int(w.BlockSize).Int((int)w.QuantType)
             .Float(dropoutP).ULong(seed);
-        gpu.LaunchTiled(GpuLaunch.KernelFor(x.DType, "lk_nf4_grad_x_f32", "lk_nf4_grad_x_bf16"), tokens, inFeatures, args);
+        gpu.LaunchProduct(x.DType, "lk_nf4_grad_x_f32", "lk_nf4_grad_x_bf16", "lk_nf4_grad_x_mma_bf16", tokens, inFeatures, args);
     }
 
     /// <summary>Appends the statistics arguments (absmax, qabsmax, absmax2, offset) of a plain or nested weight.</summary>
