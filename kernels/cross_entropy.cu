@@ -25,9 +25,9 @@ extern "C" __global__ void __launch_bounds__(kElementwiseThreads) lk_loss_cross_
     const int tid = (int)threadIdx.x;
     const double inv_count = count > 0 ? 1.0 / (double)count : 0.0;
     double block_loss = 0.0;
-    for (int row = (int)blockIdx.x; row < M; row += (int)gridDim.x) {
-        const float* x = logits + (lk_i64)row * C;
-        float* dx = dlogits ? dlogits + (lk_i64)row * C : nullptr;
+    for (lk_i64 row = blockIdx.x; row < M; row += gridDim.x) {
+        const float* x = logits + row * C;
+        float* dx = dlogits ? dlogits + row * C : nullptr;
         const int target = targets[row];
         if (target == ignore_index) {  // the same branch for the whole block: no barrier is skipped
             if (dx)

@@ -128,7 +128,7 @@ public sealed class LoraCommandTests
         Assert.That(lokr.GetProperty("peft_type").GetString(), Is.EqualTo("LOKR"));
         Assert.That(lokr.GetProperty("peft_attach_and_merge").GetBoolean(), Is.True);
         var adalora = json.RootElement.EnumerateArray().Single(v => v.GetProperty("name").GetString() == "adalora");
-        Assert.That(adalora.GetProperty("peft_attach_and_merge").GetBoolean(), Is.False);
+        Assert.That(adalora.GetProperty("peft_attach_and_merge").GetBoolean(), Is.True);
         var (demoCode, demo, demoError) = Run("demo", "--device", "cpu", "--json");
         Assert.That(demoCode, Is.EqualTo(ExitCodes.Success), demoError);
         using JsonDocument steps = JsonDocument.Parse(demo);

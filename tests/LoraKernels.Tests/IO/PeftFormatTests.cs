@@ -93,7 +93,8 @@ public sealed class PeftFormatTests
         Assert.That(a.Format.Available, Is.True);
         Assert.That((a.Module(Q)!.OutFeatures, a.Module(Q)!.InFeatures), Is.EqualTo((2 * 5, 3 * 4)), "kron(w1, w2) is [out_l·out_k, in_m·in_n]");
         string adalora = WriteAdapter(Path.Combine(folder.Path, "adalora"),
-            """{"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "lora_alpha": 8, "total_step": 100, "target_modules": ["q_proj"]}""",
+            // Pruned as PEFT saves it: rank_pattern names Λ's parameter and keeps 3 of init_r = 12 triplets.
+            $$$"""{"peft_type": "ADALORA", "init_r": 12, "target_r": 8, "lora_alpha": 8, "total_step": 100, "target_modules": ["q_proj"], "rank_pattern": {"{{{Q}}}.lora_E": [true, false, false, true, false, false, false, false, false, true, false, false]}}""",
             [Random(data, $"base_model.model.{Q}.lora_A", 3, In), Random(data, $"base_model.model.{Q}.lora_E", 3, 1),
              Random(data, $"base_model.model.{Q}.lora_B", Out, 3)]);
         PeftAdapter b = PeftAdapter.Load(adalora);

@@ -147,18 +147,21 @@ public sealed class PeftConfig
 
     /// <summary>
     /// AdaLoRA's rank_pattern: the parameter name of each module's Λ ("&lt;module path&gt;.lora_E") → which of its init_r
-    /// triplets were kept (saved tensors hold only those). Empty when the adapter was saved unpruned.
+    /// triplets were kept (saved tensors hold only those). Empty when the adapter was saved unpruned, and for every
+    /// other peft_type (whose rank_pattern is <see cref="RankPattern"/>).
     /// </summary>
-    public IReadOnlyDictionary<string, bool[]> KeptRanks => _json["rank_pattern"] switch
-    {
-        null => new Dictionary<string, bool[]>(),
-        JsonObject obj => obj.ToDictionary(p => p.Key, p => p.Value is JsonArray array
-            ? array.Select((item, i) => item is JsonValue v && v.TryGetValue(out bool keep) ? keep
-                : throw Error("rank_pattern", $"entry \"{p.Key}\"[{i}] must be true or false, got {Kind(item)}")).ToArray()
-            : throw Error("rank_pattern", $"entry \"{p.Key}\" must be a list of booleans (AdaLoRA's kept triplets), got {Kind(p.Value)}"),
-            StringComparer.Ordinal),
-        var other => throw Error("rank_pattern", $"must be an object (Λ's name → kept triplets), got {Kind(other)}"),
-    };
+    public IReadOnlyDictionary<string, bool[]> KeptRanks => PeftType != "ADALORA"
+        ? new Dictionary<string, bool[]>()
+        : _json["rank_pattern"] switch
+        {
+            null => new Dictionary<string, bool[]>(),
+            JsonObject obj => obj.ToDictionary(p => p.Key, p => p.Value is JsonArray array
+                ? array.Select((item, i) => item is JsonValue v && v.TryGetValue(out bool keep) ? keep
+                    : throw Error("rank_pattern", $"entry \"{p.Key}\"[{i}] must be true or false, got {Kind(item)}")).ToArray()
+                : throw Error("rank_pattern", $"entry \"{p.Key}\" must be a list of booleans (AdaLoRA's kept triplets), got {Kind(p.Value)}"),
+                StringComparer.Ordinal),
+            var other => throw Error("rank_pattern", $"must be an object (Λ's name → kept triplets), got {Kind(other)}"),
+        };
 
     /// <summary>alpha_pattern: pattern → alpha for the modules it matches.</summary>
     public IReadOnlyDictionary<string, float> AlphaPattern =>
