@@ -1,5 +1,5 @@
 // pages.cpp: page hints for paged optimizer state in a shared file mapping (lk_cpu_pages_readahead,
-// lk_cpu_pages_populate, lk_cpu_pages_release; lora_kernels_optim.h). madvise works on whole pages, so each range is widened
+// lk_cpu_pages_release; lora_kernels_optim.h). madvise works on whole pages, so each range is widened
 // to the pages it touches. Only Linux offers the calls; elsewhere both are no-ops.
 #include <cerrno>
 #include <cstring>
@@ -9,10 +9,6 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #include <unistd.h>
-
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14; older kernels answer EINVAL and get the readahead hint
-#endif
 
 namespace {
 
@@ -39,15 +35,6 @@ LK_API lk_status lk_cpu_pages_readahead(void* address, int64_t bytes) {
                     std::strerror(errno));
 }
 
-LK_API lk_status lk_cpu_pages_populate(void* address, int64_t bytes) {
-    if (lk_status status = check_range("lk_cpu_pages_populate", address, bytes); status != LK_OK) return status;
-    if (bytes == 0) return LK_OK;
-    if (advise(address, bytes, MADV_POPULATE_WRITE) == 0) return LK_OK;
-    if (errno == EINVAL && advise(address, bytes, MADV_WILLNEED) == 0) return LK_OK;
-    return lk::fail(LK_ERR_INTERNAL, "lk_cpu_pages_populate: madvise of %lld bytes failed: %s", (long long)bytes,
-                    std::strerror(errno));
-}
-
 LK_API lk_status lk_cpu_pages_release(void* address, int64_t bytes) {
     if (lk_status status = check_range("lk_cpu_pages_release", address, bytes); status != LK_OK) return status;
     if (bytes == 0 || advise(address, bytes, MADV_DONTNEED) == 0) return LK_OK;
@@ -58,7 +45,6 @@ LK_API lk_status lk_cpu_pages_release(void* address, int64_t bytes) {
 #else
 
 LK_API lk_status lk_cpu_pages_readahead(void*, int64_t) { return LK_OK; }
-LK_API lk_status lk_cpu_pages_populate(void*, int64_t) { return LK_OK; }
 LK_API lk_status lk_cpu_pages_release(void*, int64_t) { return LK_OK; }
 
 #endif

@@ -27,14 +27,12 @@ LK_API lk_status lk_cpu_grad_sumsq(const lk_grad_span* spans, int64_t count, dou
 
 /* Page hints for paged optimizer state in a shared file mapping (MemoryKind.MappedFile), over the
  * whole pages [address, address + bytes) touches. readahead starts reading them from the file without
- * waiting (MADV_WILLNEED); populate maps them writable (MADV_POPULATE_WRITE; the readahead hint where
- * the kernel lacks it), so the update that follows takes no page faults; release drops them from the
- * process (MADV_DONTNEED), so only a window of the state stays resident: a shared file mapping keeps
- * the data in the file. release must only be given shared file mappings: on private or anonymous
+ * waiting (MADV_WILLNEED), for a positioned read that follows; release drops them from the process
+ * (MADV_DONTNEED), so pages mapped by other uses of the buffer do not stay resident: a shared file
+ * mapping keeps the data in the file. release must only be given shared file mappings: on private or anonymous
  * memory MADV_DONTNEED discards the contents. All return LK_OK where the OS has no such call (not
  * Linux); a failed madvise is LK_ERR_INTERNAL. */
 LK_API lk_status lk_cpu_pages_readahead(void* address, int64_t bytes);
-LK_API lk_status lk_cpu_pages_populate(void* address, int64_t bytes);
 LK_API lk_status lk_cpu_pages_release(void* address, int64_t bytes);
 
 #endif /* LORA_KERNELS_OPTIM_H */

@@ -19,8 +19,5 @@ internal static unsafe partial class NativeCpu
     public static partial int lk_cpu_pages_readahead(void* address, long bytes);
 
     [LibraryImport(LibraryNames.Cpu)]
-    public static partial int lk_cpu_pages_populate(void* address, long bytes);
-
-    [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_pages_release(void* address, long bytes);
 }

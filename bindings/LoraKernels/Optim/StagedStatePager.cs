@@ -89,7 +89,4 @@ internal sealed class StagedStatePager(Device device, long workingBytes) : State
             }
         }
     }
-
-    private static List<StatePiece> Staged(IReadOnlyList<ParameterState> entries, List<PlannedPiece> chunk, ulong slot) =>
-        chunk.Select(p => new StatePiece(p.Entry, p.First, p.Count, p.ChunkOffsets.Select(o => slot + (ulong)o).ToArray())).ToList();
 }

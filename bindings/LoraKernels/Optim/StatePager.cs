@@ -1,11 +1,11 @@
 // How a step reaches the optimizer state: the optimizer hands the pager the state of the parameters
 // it updates and a callback that launches the update for one chunk; the pager calls it with pieces
 // (runs of a parameter's elements) whose state addresses are valid for the call. Resident state is one
-// chunk of whole parameters, in place. Paged state is cut into chunks that fit half the working window,
-// only at multiples of each state's granule (so blockwise 8-bit blocks stay whole), and moved through
-// the window by StagedStatePager (GPU: staging buffers) or MappedStatePager (CPU: the mapped file in
-// place). The update runs the same kernel on every element either way, so paged and resident steps
-// give the same bits.
+// chunk of whole parameters, in place. Paged state is cut into chunks of a working window, only at
+// multiples of each state's granule (so blockwise 8-bit blocks stay whole), and moved through it by
+// StagedStatePager (GPU: two staging buffers of half the window) or FileStatePager (CPU: one window
+// filled and emptied by positioned reads and writes of the paging files). The update runs the same
+// kernel on every element either way, so paged and resident steps give the same bits.
 using LoraKernels.Runtime;
 
 namespace LoraKernels.Optim;
@@ -24,7 +24,7 @@ internal abstract class StatePager : IDisposable
     /// <summary>The pager for an optimizer on <paramref name="device"/>: resident state without <paramref name="paging"/>.</summary>
     public static StatePager Create(Device device, StatePaging? paging) =>
         paging is null ? new ResidentStatePager()
-        : device.Kind == DeviceKind.Cpu ? new MappedStatePager(paging.WorkingBytes)
+        : device.Kind == DeviceKind.Cpu ? new FileStatePager(device, paging.WorkingBytes)
         : new StagedStatePager(device, paging.WorkingBytes);
 
     /// <summary>Runs <paramref name="update"/> over the state of <paramref name="entries"/>, chunk by chunk.</summary>
@@ -86,6 +86,10 @@ internal abstract class StatePager : IDisposable
         if (current.Count > 0) chunks.Add(current);
         return chunks;
     }
+
+    /// <summary>Pieces whose state addresses are their places in a staging window at <paramref name="window"/>.</summary>
+    protected static List<StatePiece> Staged(IReadOnlyList<ParameterState> entries, List<PlannedPiece> chunk, ulong window) =>
+        chunk.Select(p => new StatePiece(p.Entry, p.First, p.Count, p.ChunkOffsets.Select(o => window + (ulong)o).ToArray())).ToList();
 
     /// <summary>Pieces whose state addresses are each buffer's own bytes (leased by <paramref name="leases"/>): the state in place.</summary>
     protected static List<StatePiece> InPlace(IReadOnlyList<ParameterState> entries, IEnumerable<PlannedPiece> chunk, BufferLeases leases) =>

@@ -2,9 +2,9 @@
 // and moves through a small working window of it each step, so a state larger than that memory still
 // trains. On CUDA (and the emulator, which runs the same code) the state is in pinned host memory and
 // moves through two device staging buffers, the copy of the next chunk overlapping the update of this
-// one; on the CPU it is in a memory-mapped file whose pages are mapped just before the update of their
-// chunk and released after it, so only the window stays resident. Paged and resident state give the
-// same bits.
+// one; on the CPU it is in files, and each chunk is read into a resident window of the RAM budget,
+// updated there and written back, so only the window stays resident. Paged and resident state give
+// the same bits.
 namespace LoraKernels.Optim;
 
 public sealed record StatePaging
@@ -14,7 +14,7 @@ public sealed record StatePaging
 
     /// <param name="workingBytes">
     /// Bytes of working memory the state moves through: device memory for the two staging buffers on a
-    /// GPU (half each), or the RAM budget of the mapped state on the CPU (one chunk of it mapped at a time).
+    /// GPU (half each), or the RAM budget on the CPU (one window the state's chunks are read into and written back from).
     /// </param>
     public StatePaging(long workingBytes)
     {
@@ -26,6 +26,6 @@ public sealed record StatePaging
 
     public long WorkingBytes { get; }
 
-    /// <summary>The memory paged state lives in on <paramref name="device"/>: a mapped file on the CPU, pinned host memory on a GPU.</summary>
+    /// <summary>The memory paged state lives in on <paramref name="device"/>: a paging file on the CPU, pinned host memory on a GPU.</summary>
     public static MemoryKind KindOn(Device device) => device.Kind == DeviceKind.Cpu ? MemoryKind.MappedFile : MemoryKind.PinnedHost;
 }

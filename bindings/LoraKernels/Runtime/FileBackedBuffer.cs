@@ -2,9 +2,10 @@
 // shared, so the OS pages it to and from disk and it may be larger than the RAM. The file is created
 // in LORAKERNELS_PAGING_DIR (default: the temporary folder) and, on Unix, unlinked as soon as it is
 // mapped, so nothing is left behind even if the process dies; on Windows it is deleted on close. A
-// fresh file reads as zeros without touching a page. Kernels use the buffer like any host memory;
-// Optim's paged state moves through it chunk by chunk, populating and releasing pages so that only a
-// window of it is resident (Optim/MappedFilePager.cs).
+// fresh file reads as zeros without touching a page. Kernels and copies may use the mapping like any
+// host memory; Optim's paged state instead moves through a resident window by positioned reads and
+// writes of the file (ReadFile/WriteFile), which go through the kernel's own mapping of the page cache
+// and so change none of the process's page tables (Optim/FileStatePager.cs says why that matters).
 using System.IO.MemoryMappedFiles;
 
 namespace LoraKernels.Runtime;
@@ -14,14 +15,16 @@ internal sealed unsafe class FileBackedBuffer : DeviceBuffer
     public const string DirectoryVariable = "LORAKERNELS_PAGING_DIR";
 
     private readonly AllocationCounter _counter;
+    private readonly FileStream _stream;
     private MemoryMappedFile? _file;
     private MemoryMappedViewAccessor? _view;
     private readonly byte* _pointer;
 
-    private FileBackedBuffer(long bytes, AllocationCounter counter, MemoryMappedFile file, MemoryMappedViewAccessor view, byte* pointer)
+    private FileBackedBuffer(long bytes, AllocationCounter counter, FileStream stream, MemoryMappedFile file, MemoryMappedViewAccessor view, byte* pointer)
         : base(bytes, MemoryKind.MappedFile)
     {
         _counter = counter;
+        _stream = stream;
         _file = file;
         _view = view;
         _pointer = pointer;
@@ -57,18 +60,18 @@ internal sealed unsafe class FileBackedBuffer : DeviceBuffer
             long mapped = Math.Max(bytes, 1);
             stream.SetLength(mapped);
             file = MemoryMappedFile.CreateFromFile(stream, mapName: null, mapped, MemoryMappedFileAccess.ReadWrite,
-                                                   HandleInheritability.None, leaveOpen: false);
+                                                   HandleInheritability.None, leaveOpen: true);
             view = file.CreateViewAccessor(0, mapped, MemoryMappedFileAccess.ReadWrite);
             byte* pointer = null;
             view.SafeMemoryMappedViewHandle.AcquirePointer(ref pointer);
             if (!OperatingSystem.IsWindows()) File.Delete(path);
-            return new FileBackedBuffer(bytes, counter, file, view, pointer + view.PointerOffset);
+            return new FileBackedBuffer(bytes, counter, stream, file, view, pointer + view.PointerOffset);
         }
         catch (Exception e)
         {
             view?.Dispose();
-            if (file is not null) file.Dispose();
-            else stream.Dispose();
+            file?.Dispose();
+            stream.Dispose();
             TryDelete(path);
             if (e is IOException) throw new IOException($"Could not map a paging file of {bytes} bytes in {folder} (set {DirectoryVariable} to another folder): {e.Message}", e);
             throw;
@@ -76,6 +79,40 @@ internal sealed unsafe class FileBackedBuffer : DeviceBuffer
     }
 
     public override ulong Address => _view is not null ? (ulong)_pointer : throw new ObjectDisposedException(nameof(FileBackedBuffer));
+
+    /// <summary>Reads <paramref name="bytes"/> bytes of the file at <paramref name="offset"/> into <paramref name="destination"/>.</summary>
+    public void ReadFile(long offset, byte* destination, long bytes)
+    {
+        CheckRange(offset, bytes);
+        for (long done = 0; done < bytes;)
+        {
+            int read = RandomAccess.Read(_stream.SafeFileHandle, new Span<byte>(destination + done, Piece(bytes - done)), offset + done);
+            if (read == 0) throw new EndOfStreamException($"The paging file ended {offset + done} bytes in, inside its {SizeInBytes} bytes.");
+            done += read;
+        }
+    }
+
+    /// <summary>Writes <paramref name="bytes"/> bytes from <paramref name="source"/> to the file at <paramref name="offset"/>.</summary>
+    public void WriteFile(long offset, byte* source, long bytes)
+    {
+        CheckRange(offset, bytes);
+        for (long done = 0; done < bytes;)
+        {
+            int piece = Piece(bytes - done);
+            RandomAccess.Write(_stream.SafeFileHandle, new ReadOnlySpan<byte>(source + done, piece), offset + done);
+            done += piece;
+        }
+    }
+
+    // A span holds at most 2^31 - 1 bytes; a gibibyte a call keeps each read and write far from that.
+    private static int Piece(long remaining) => (int)Math.Min(remaining, 1L << 30);
+
+    private void CheckRange(long offset, long bytes)
+    {
+        if (_view is null) throw new ObjectDisposedException(nameof(FileBackedBuffer));
+        if (offset < 0 || bytes < 0 || offset > SizeInBytes - bytes)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset} + {bytes}) is outside the paging file's {SizeInBytes} bytes.");
+    }
 
     protected override void Free() => Unmap();
 
@@ -88,6 +125,7 @@ internal sealed unsafe class FileBackedBuffer : DeviceBuffer
             view.SafeMemoryMappedViewHandle.ReleasePointer();
             view.Dispose();
             _file?.Dispose();
+            _stream.Dispose();
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException)
         {

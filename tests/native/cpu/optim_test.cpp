@@ -311,7 +311,7 @@ TEST(GradSumsq, MatchesDoubleAndFlagsNonFiniteGradients) {
 // ---- page hints for mapped state -----------------------------------------------------------------
 
 #if defined(__linux__)
-// What the paged CPU optimizer relies on: a shared file mapping keeps its data through populate and
+// What the paged CPU optimizer relies on: a shared file mapping keeps its data through readahead and
 // release (the pages come back from the file), on unaligned ranges too.
 TEST(Pages, ReleasedSharedFilePagesKeepTheirData) {
     FILE* file = std::tmpfile();
@@ -323,7 +323,6 @@ TEST(Pages, ReleasedSharedFilePagesKeepTheirData) {
     const int64_t count = bytes / 4;
     char* middle = (char*)mapping + 1000;  // not page aligned: the hints widen to whole pages
     ASSERT_EQ(lk_cpu_pages_readahead(middle, bytes - 2000), LK_OK) << last_error();
-    ASSERT_EQ(lk_cpu_pages_populate(middle, bytes - 2000), LK_OK) << last_error();
     for (int64_t i = 0; i < count; ++i) mapping[i] = (float)i * 0.5f;
     ASSERT_EQ(lk_cpu_pages_release(middle, bytes - 2000), LK_OK) << last_error();
     for (int64_t i = 0; i < count; ++i) ASSERT_EQ(mapping[i], (float)i * 0.5f) << i;
@@ -377,7 +376,6 @@ TEST(OptimArguments, BadListsAndCoefficientsAreNamed) {
     span.grad = g.data();
     expect_invalid(lk_cpu_grad_sumsq(&span, 1, nullptr), {"lk_cpu_grad_sumsq", "sum", "NULL"});
 
-    expect_invalid(lk_cpu_pages_populate(nullptr, 4096), {"lk_cpu_pages_populate", "address", "NULL"});
     expect_invalid(lk_cpu_pages_release(g.data(), -1), {"lk_cpu_pages_release", "bytes", "-1"});
     expect_invalid(lk_cpu_pages_readahead(nullptr, 1), {"lk_cpu_pages_readahead", "address", "NULL"});
 }
