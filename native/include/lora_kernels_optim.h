@@ -35,4 +35,23 @@ LK_API lk_status lk_cpu_grad_sumsq(const lk_grad_span* spans, int64_t count, dou
 LK_API lk_status lk_cpu_pages_readahead(void* address, int64_t bytes);
 LK_API lk_status lk_cpu_pages_release(void* address, int64_t bytes);
 
+/* One positioned transfer between a file and memory: `bytes` bytes at `file_offset` of the open file
+ * descriptor `fd` and at `memory`. */
+typedef struct lk_file_run {
+    int64_t file_offset;
+    void* memory;
+    int64_t bytes;
+    int32_t fd;
+    int32_t reserved; /* 0 */
+} lk_file_run;
+
+/* Reads (lk_cpu_file_read: file -> memory) or writes (lk_cpu_file_write: memory -> file) every run of
+ * the list with pread/pwrite, the runs spread over the library's threads; runs must not overlap in
+ * memory (nor, for writes, in a file). Paged optimizer state moves through its resident window this
+ * way: the kernel copies through its own mapping of the page cache, so no page table of the process
+ * changes. A short file (a read past its end) or a failed call is LK_ERR_INTERNAL naming the run and
+ * errno's text; not available (LK_ERR_UNSUPPORTED) where the OS has no pread/pwrite. */
+LK_API lk_status lk_cpu_file_read(const lk_file_run* runs, int64_t count);
+LK_API lk_status lk_cpu_file_write(const lk_file_run* runs, int64_t count);
+
 #endif /* LORA_KERNELS_OPTIM_H */

@@ -1,13 +1,14 @@
 // Paged state on the CPU: the state lives in files (MemoryKind.MappedFile buffers) and each chunk of
 // the RAM budget is read into one resident window, updated there and written back, by positioned reads
 // and writes (the kernel copies through its own mapping of the page cache). While chunk c is updated the
-// kernel is already reading chunk c + 1 from disk (MADV_WILLNEED on its range), and the copies of a
-// chunk run on the library's threads, one run of a file each. A state larger than the RAM trains at the
-// disk's speed: the OS writes written pages back and evicts them under memory pressure.
+// kernel is already reading chunk c + 1 from disk (MADV_WILLNEED on its range), and the copies run
+// natively on the library's threads in runs of 4 MiB (lk_cpu_file_read/_write: pread/pwrite). A state
+// larger than the RAM trains at the disk's speed: the OS writes written pages back and evicts them
+// under memory pressure.
 // Rejected, measured (docs/DECISIONS.md): updating the mapping in place, populating each chunk's pages
 // before its update and releasing them after. It moves no bytes, but remaps every page every step, and
 // a page-table change costs 4-7 µs a page on a virtual machine without nested paging (this CI's kind):
-// 13-15x the resident step there, against 3-3.6x with the two copies.
+// 13-15x the resident step there, against 3.0-3.6x with the two copies.
 using LoraKernels.Interop;
 using LoraKernels.Runtime;
 
@@ -61,22 +62,24 @@ internal sealed unsafe class FileStatePager(Device device, long workingBytes) : 
     /// <summary>Moves one chunk's state between its files and the window, in runs spread over the library's threads.</summary>
     private static void Copy(IReadOnlyList<ParameterState> entries, List<PlannedPiece> chunk, ulong window, bool toWindow)
     {
-        var runs = new List<(FileBackedBuffer File, long Offset, ulong Window, long Bytes)>();
+        var runs = new List<FileRun>();
         foreach (PlannedPiece piece in chunk)
         {
             IReadOnlyList<StateBuffer> buffers = entries[piece.Entry].Buffers;
             for (int b = 0; b < buffers.Count; b++)
             {
                 var (offset, bytes) = buffers[b].Range(piece.First, piece.Count);
+                int fd = FileOf(buffers[b]).FileDescriptor;
                 for (long done = 0; done < bytes; done += CopyRunBytes)
-                    runs.Add((FileOf(buffers[b]), offset + done, window + (ulong)(piece.ChunkOffsets[b] + done), Math.Min(CopyRunBytes, bytes - done)));
+                    runs.Add(new FileRun
+                    {
+                        FileOffset = offset + done, Memory = window + (ulong)(piece.ChunkOffsets[b] + done),
+                        Bytes = Math.Min(CopyRunBytes, bytes - done), Fd = fd,
+                    });
             }
         }
-        Parallel.ForEach(runs, new ParallelOptions { MaxDegreeOfParallelism = NativeCpu.lk_cpu_get_num_threads() }, run =>
-        {
-            if (toWindow) run.File.ReadFile(run.Offset, (byte*)run.Window, run.Bytes);
-            else run.File.WriteFile(run.Offset, (byte*)run.Window, run.Bytes);
-        });
+        fixed (FileRun* list = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(runs))
+            Check.Cpu(toWindow ? NativeCpu.lk_cpu_file_read(list, runs.Count) : NativeCpu.lk_cpu_file_write(list, runs.Count));
     }
 
     /// <summary>Starts the disk reads of a chunk's state without waiting for them (nothing to do while it is in the page cache).</summary>

@@ -1,4 +1,4 @@
-// libloraknl_cpu's optimizer kernels and page hints (native/include/lora_kernels_optim.h).
+// libloraknl_cpu's optimizer kernels, page hints and file transfers (native/include/lora_kernels_optim.h).
 using System.Runtime.InteropServices;
 using LoraKernels.Optim;
 
@@ -20,4 +20,10 @@ internal static unsafe partial class NativeCpu
 
     [LibraryImport(LibraryNames.Cpu)]
     public static partial int lk_cpu_pages_release(void* address, long bytes);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_file_read(FileRun* runs, long count);
+
+    [LibraryImport(LibraryNames.Cpu)]
+    public static partial int lk_cpu_file_write(FileRun* runs, long count);
 }

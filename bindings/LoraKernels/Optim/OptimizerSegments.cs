@@ -70,3 +70,14 @@ internal sealed class SegmentList<T> : IDisposable where T : unmanaged
         _table = null;
     }
 }
+
+/// <summary>lk_file_run: one positioned transfer of Bytes bytes between file descriptor Fd at FileOffset and Memory.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct FileRun
+{
+    public long FileOffset;
+    public ulong Memory;
+    public long Bytes;
+    public int Fd;
+    public int Reserved;
+}

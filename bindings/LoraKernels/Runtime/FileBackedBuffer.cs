@@ -4,7 +4,7 @@
 // mapped, so nothing is left behind even if the process dies; on Windows it is deleted on close. A
 // fresh file reads as zeros without touching a page. Kernels and copies may use the mapping like any
 // host memory; Optim's paged state instead moves through a resident window by positioned reads and
-// writes of the file (ReadFile/WriteFile), which go through the kernel's own mapping of the page cache
+// writes of the file (FileDescriptor; lk_cpu_file_read/_write), which go through the kernel's own mapping of the page cache
 // and so change none of the process's page tables (Optim/FileStatePager.cs says why that matters).
 using System.IO.MemoryMappedFiles;
 
@@ -80,39 +80,12 @@ internal sealed unsafe class FileBackedBuffer : DeviceBuffer
 
     public override ulong Address => _view is not null ? (ulong)_pointer : throw new ObjectDisposedException(nameof(FileBackedBuffer));
 
-    /// <summary>Reads <paramref name="bytes"/> bytes of the file at <paramref name="offset"/> into <paramref name="destination"/>.</summary>
-    public void ReadFile(long offset, byte* destination, long bytes)
-    {
-        CheckRange(offset, bytes);
-        for (long done = 0; done < bytes;)
-        {
-            int read = RandomAccess.Read(_stream.SafeFileHandle, new Span<byte>(destination + done, Piece(bytes - done)), offset + done);
-            if (read == 0) throw new EndOfStreamException($"The paging file ended {offset + done} bytes in, inside its {SizeInBytes} bytes.");
-            done += read;
-        }
-    }
-
-    /// <summary>Writes <paramref name="bytes"/> bytes from <paramref name="source"/> to the file at <paramref name="offset"/>.</summary>
-    public void WriteFile(long offset, byte* source, long bytes)
-    {
-        CheckRange(offset, bytes);
-        for (long done = 0; done < bytes;)
-        {
-            int piece = Piece(bytes - done);
-            RandomAccess.Write(_stream.SafeFileHandle, new ReadOnlySpan<byte>(source + done, piece), offset + done);
-            done += piece;
-        }
-    }
-
-    // A span holds at most 2^31 - 1 bytes; a gibibyte a call keeps each read and write far from that.
-    private static int Piece(long remaining) => (int)Math.Min(remaining, 1L << 30);
-
-    private void CheckRange(long offset, long bytes)
-    {
-        if (_view is null) throw new ObjectDisposedException(nameof(FileBackedBuffer));
-        if (offset < 0 || bytes < 0 || offset > SizeInBytes - bytes)
-            throw new ArgumentOutOfRangeException(nameof(offset), $"[{offset}, {offset} + {bytes}) is outside the paging file's {SizeInBytes} bytes.");
-    }
+    /// <summary>
+    /// The file's descriptor, for positioned reads and writes of its bytes (Unix). Valid while the buffer is
+    /// leased: the descriptor closes when the buffer is freed, which a lease defers.
+    /// </summary>
+    public int FileDescriptor =>
+        _view is not null ? (int)_stream.SafeFileHandle.DangerousGetHandle() : throw new ObjectDisposedException(nameof(FileBackedBuffer));
 
     protected override void Free() => Unmap();
 

@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <string>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -330,6 +332,40 @@ TEST(Pages, ReleasedSharedFilePagesKeepTheirData) {
     munmap(mapping, bytes);
     std::fclose(file);
 }
+
+// The paged CPU optimizer's window: runs written to two files and read back land byte for byte, whatever
+// the thread that takes each run; a read past a file's end and a bad descriptor fail naming the run.
+TEST(FileRuns, WriteThenReadRoundTripsEveryRun) {
+    FILE* first = std::tmpfile();
+    FILE* second = std::tmpfile();
+    ASSERT_NE(first, nullptr);
+    ASSERT_NE(second, nullptr);
+    const int64_t run_bytes = 3 * 4096 + 17;  // not page sized: the offsets below are not page aligned either
+    const int runs_per_file = 5;
+    std::vector<unsigned char> source(2 * runs_per_file * run_bytes), back(source.size(), 0);
+    for (size_t i = 0; i < source.size(); ++i) source[i] = (unsigned char)(i * 131 + 7);
+    std::vector<lk_file_run> writes, reads;
+    for (int f = 0; f < 2; ++f)
+        for (int k = 0; k < runs_per_file; ++k) {
+            const int64_t at = (int64_t)(f * runs_per_file + k) * run_bytes;
+            const int fd = fileno(f == 0 ? first : second);
+            writes.push_back({k * run_bytes + 5, source.data() + at, run_bytes, fd, 0});
+            reads.push_back({k * run_bytes + 5, back.data() + at, run_bytes, fd, 0});
+        }
+    ASSERT_EQ(lk_cpu_file_write(writes.data(), (int64_t)writes.size()), LK_OK) << last_error();
+    ASSERT_EQ(lk_cpu_file_read(reads.data(), (int64_t)reads.size()), LK_OK) << last_error();
+    EXPECT_EQ(back, source);
+    ASSERT_EQ(lk_cpu_file_read(reads.data(), 0), LK_OK);
+
+    lk_file_run past_end = {runs_per_file * run_bytes, back.data(), 100, fileno(first), 0};
+    EXPECT_EQ(lk_cpu_file_read(&past_end, 1), LK_ERR_INTERNAL);
+    EXPECT_NE(last_error().find("the file ends inside the run"), std::string::npos) << last_error();
+    lk_file_run closed = {0, back.data(), 100, 1 << 20, 0};
+    EXPECT_EQ(lk_cpu_file_write(&closed, 1), LK_ERR_INTERNAL);
+    EXPECT_NE(last_error().find("run 0 (fd 1048576"), std::string::npos) << last_error();
+    std::fclose(first);
+    std::fclose(second);
+}
 #endif
 
 // ---- arguments -----------------------------------------------------------------------------------
@@ -378,6 +414,11 @@ TEST(OptimArguments, BadListsAndCoefficientsAreNamed) {
 
     expect_invalid(lk_cpu_pages_release(g.data(), -1), {"lk_cpu_pages_release", "bytes", "-1"});
     expect_invalid(lk_cpu_pages_readahead(nullptr, 1), {"lk_cpu_pages_readahead", "address", "NULL"});
+    lk_file_run run = {0, g.data(), -4, 0, 0};
+    expect_invalid(lk_cpu_file_read(&run, 1), {"lk_cpu_file_read", "run bytes", "-4"});
+    run = {0, nullptr, 4, 0, 0};
+    expect_invalid(lk_cpu_file_write(&run, 1), {"lk_cpu_file_write", "run memory", "NULL"});
+    expect_invalid(lk_cpu_file_read(nullptr, 2), {"lk_cpu_file_read", "runs", "NULL"});
 }
 
 }  // namespace
