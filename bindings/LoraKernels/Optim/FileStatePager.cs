@@ -8,7 +8,7 @@
 // Rejected, measured (docs/DECISIONS.md): updating the mapping in place, populating each chunk's pages
 // before its update and releasing them after. It moves no bytes, but remaps every page every step, and
 // a page-table change costs 4-7 µs a page on a virtual machine without nested paging (this CI's kind):
-// 13-15x the resident step there, against 3.0-3.6x with the two copies.
+// 13-15x the resident step there, against 2.6-2.9x with the two copies.
 using LoraKernels.Interop;
 using LoraKernels.Runtime;
 
@@ -59,10 +59,14 @@ internal sealed unsafe class FileStatePager(Device device, long workingBytes) : 
         buffer.Buffer as FileBackedBuffer
         ?? throw new InvalidOperationException($"Paged CPU state must live in a paging file; {buffer.Name} is {buffer.Buffer.Kind}.");
 
-    /// <summary>Moves one chunk's state between its files and the window, in runs spread over the library's threads.</summary>
+    /// <summary>
+    /// Moves one chunk's state between its files and the window, in runs spread over the library's threads.
+    /// The runs of different files alternate in the list: writes to one file take its inode lock in turn,
+    /// so two threads writing neighbouring runs of the same file would queue behind each other.
+    /// </summary>
     private static void Copy(IReadOnlyList<ParameterState> entries, List<PlannedPiece> chunk, ulong window, bool toWindow)
     {
-        var runs = new List<FileRun>();
+        var runs = new List<(long Order, FileRun Run)>();
         foreach (PlannedPiece piece in chunk)
         {
             IReadOnlyList<StateBuffer> buffers = entries[piece.Entry].Buffers;
@@ -71,15 +75,16 @@ internal sealed unsafe class FileStatePager(Device device, long workingBytes) : 
                 var (offset, bytes) = buffers[b].Range(piece.First, piece.Count);
                 int fd = FileOf(buffers[b]).FileDescriptor;
                 for (long done = 0; done < bytes; done += CopyRunBytes)
-                    runs.Add(new FileRun
+                    runs.Add((done / CopyRunBytes, new FileRun
                     {
                         FileOffset = offset + done, Memory = window + (ulong)(piece.ChunkOffsets[b] + done),
                         Bytes = Math.Min(CopyRunBytes, bytes - done), Fd = fd,
-                    });
+                    }));
             }
         }
-        fixed (FileRun* list = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(runs))
-            Check.Cpu(toWindow ? NativeCpu.lk_cpu_file_read(list, runs.Count) : NativeCpu.lk_cpu_file_write(list, runs.Count));
+        FileRun[] list = runs.OrderBy(r => r.Order).Select(r => r.Run).ToArray();  // stable: file order within a rank
+        fixed (FileRun* first = list)
+            Check.Cpu(toWindow ? NativeCpu.lk_cpu_file_read(first, list.Length) : NativeCpu.lk_cpu_file_write(first, list.Length));
     }
 
     /// <summary>Starts the disk reads of a chunk's state without waiting for them (nothing to do while it is in the page cache).</summary>
