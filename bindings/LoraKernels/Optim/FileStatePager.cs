@@ -37,6 +37,7 @@ internal sealed unsafe class FileStatePager(Device device, long workingBytes) : 
         using var leases = new BufferLeases();
         ulong window = leases.Address(_window);
         // Pages a checkpoint or a test mapped through the buffer's own address stay resident until told otherwise.
+        // The leases taken here also keep every paging file open, so the descriptors Copy passes stay valid.
         foreach (ParameterState state in entries)
             foreach (StateBuffer buffer in state.Buffers)
                 Check.Cpu(NativeCpu.lk_cpu_pages_release((void*)leases.Address(FileOf(buffer)), buffer.Buffer.SizeInBytes));

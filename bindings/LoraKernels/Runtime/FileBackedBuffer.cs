@@ -4,8 +4,9 @@
 // mapped, so nothing is left behind even if the process dies; on Windows it is deleted on close. A
 // fresh file reads as zeros without touching a page. Kernels and copies may use the mapping like any
 // host memory; Optim's paged state instead moves through a resident window by positioned reads and
-// writes of the file (FileDescriptor; lk_cpu_file_read/_write), which go through the kernel's own mapping of the page cache
-// and so change none of the process's page tables (Optim/FileStatePager.cs says why that matters).
+// writes of the file (FileDescriptor; lk_cpu_file_read/_write), which go through the kernel's own
+// mapping of the page cache and so change none of the process's page tables (Optim/FileStatePager.cs
+// says why that matters).
 using System.IO.MemoryMappedFiles;
 
 namespace LoraKernels.Runtime;
